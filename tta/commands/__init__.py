@@ -1,0 +1,1 @@
+"""Sub-commands of the ``tta`` command line (see ``tta.cli``)."""
