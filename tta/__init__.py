@@ -6,4 +6,10 @@ returns a module that predicts and adapts online as batches pass.
 
 from __future__ import annotations
 
+from tta import methods, norms  # noqa: F401  (registers every method)
+from tta.registry import available_methods
+from tta.wrapper import AdaptedModel, adapt
+
 __version__ = "0.1.0"
+
+__all__ = ["AdaptedModel", "adapt", "available_methods"]

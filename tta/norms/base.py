@@ -1,0 +1,110 @@
+"""Common ground for every layer that replaces a BatchNorm: its affine, its source statistics,
+whatever the original did after normalising, and the normalisation itself."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+
+def reduce_dims(x: torch.Tensor) -> tuple[int, ...]:
+    """Batch and spatial dims of a (B, C, *spatial) tensor: what batch statistics average over."""
+    return (0, *range(2, x.dim()))
+
+
+def batch_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and biased variance over batch and spatial dims (differentiable)."""
+    var, mean = torch.var_mean(x, dim=reduce_dims(x), unbiased=False)
+    return mean, var
+
+
+def instance_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample, per-channel mean and biased variance over spatial dims: (B, C) each."""
+    var, mean = torch.var_mean(x, dim=tuple(range(2, x.dim())), unbiased=False)
+    return mean, var
+
+
+def normalize(
+    x: torch.Tensor,
+    mean: torch.Tensor,
+    var: torch.Tensor,
+    weight: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor],
+    eps: float,
+) -> torch.Tensor:
+    """y = γ·(x − μ)/sqrt(σ² + ε) + β with μ, σ² of shape (C,) or per sample (B, C).
+
+    Constant (C,) statistics go through ``F.batch_norm`` in inference mode, the exact kernel
+    BatchNorm's eval forward uses; statistics that carry gradients, or per-sample ones, use the
+    same scale-and-shift arithmetic written out.
+    """
+    if mean.dim() == 1 and not (mean.requires_grad or var.requires_grad):
+        return F.batch_norm(x, mean, var, weight, bias, False, 0.0, eps)
+    scale = torch.rsqrt(var + eps)
+    if weight is not None:
+        scale = scale * weight
+    shift = -mean * scale
+    if bias is not None:
+        shift = shift + bias
+    shape = (mean.shape[0] if mean.dim() == 2 else 1, mean.shape[-1]) + (1,) * (x.dim() - 2)
+    return torch.addcmul(shift.reshape(shape), x, scale.reshape(shape))
+
+
+class AdaptiveNorm(nn.Module):
+    """Base class of the BatchNorm replacements.
+
+    Copies the original layer's γ, β (``None`` when ``affine=False``), ε and momentum, keeps its
+    running statistics as ``source_mean`` / ``source_var`` and applies ``post`` after normalising
+    (timm's BatchNormAct2d follows its affine with dropout and an activation).
+    """
+
+    needs_source_stats = True
+
+    def __init__(self, bn: _BatchNorm, name: str = "", post: Optional[nn.Module] = None):
+        super().__init__()
+        self.layer_name = name
+        self.num_features = bn.num_features
+        self.eps = bn.eps
+        self.bn_momentum = 0.1 if bn.momentum is None else float(bn.momentum)
+        if bn.affine:
+            self.weight = nn.Parameter(bn.weight.detach().clone())
+            self.bias = nn.Parameter(bn.bias.detach().clone())
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        if bn.running_mean is None or bn.running_var is None:
+            if self.needs_source_stats:
+                raise ValueError(
+                    f"BatchNorm layer {name or type(bn).__name__!r} has no running statistics "
+                    f"(track_running_stats=False), but {type(self).__name__} needs the source "
+                    "statistics; use a method that needs none (e.g. 'tbn') or a model whose "
+                    "BatchNorm layers track running statistics"
+                )
+            self.register_buffer("source_mean", None)
+            self.register_buffer("source_var", None)
+        else:
+            self.register_buffer("source_mean", bn.running_mean.detach().clone())
+            self.register_buffer("source_var", bn.running_var.detach().clone())
+        self.post = post
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 2 or x.shape[1] != self.num_features:
+            raise ValueError(
+                f"layer {self.layer_name!r} expects input (B, {self.num_features}, ...), "
+                f"got shape {tuple(x.shape)}"
+            )
+        y = self.adapt_and_normalize(x)
+        return self.post(y) if self.post is not None else y
+
+    def adapt_and_normalize(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def normalize(self, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+        return normalize(x, mean, var, self.weight, self.bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, affine={self.weight is not None}"

@@ -1,0 +1,151 @@
+"""``unmix-tns``: Un-Mixing Test-Time Normalization Statistics (Tomar et al., ICLR 2024).
+
+Each layer keeps K statistics components. Every sample is normalised with its own mixture of the
+components and its instance statistics, weighted by how close its instance mean is to each
+component, so its output does not depend on its batch-mates; the components then move towards the
+instance statistics assigned to them. Follows the official code, with which the paper agrees.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from tta.norms.base import AdaptiveNorm, instance_stats
+from tta.options import Option, at_least_one, in_range, positive
+from tta.registry import NormMethod, register_norm
+
+
+def initial_components(
+    mean: torch.Tensor, var: torch.Tensor, k: int, spread: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """μ_k = μ_s + sqrt(a0·K/(K−1))·σ_s·ε_k, σ²_k = (1−a0)·σ²_s; K = 1 keeps the source stats.
+
+    The equal-weight mixture of these components has mean μ_s and variance σ²_s in expectation.
+    Noise is drawn on the CPU so the same seed gives the same components on every device.
+    """
+    if k == 1:
+        return mean[None].clone(), var[None].clone()
+    noise = torch.randn(k, mean.shape[0], generator=generator, dtype=torch.float32)
+    noise = noise.to(device=mean.device, dtype=mean.dtype)
+    means = mean + math.sqrt(spread * k / (k - 1)) * var.sqrt() * noise
+    return means, ((1.0 - spread) * var).expand(k, -1).clone()
+
+
+class UnMixTNS(AdaptiveNorm):
+    """Per-sample mixture normalisation with K online-updated components."""
+
+    def __init__(
+        self,
+        bn: _BatchNorm,
+        name: str = "",
+        post=None,
+        num_components: int = 16,
+        temperature: float = 0.07,
+        init_spread: float = 0.5,
+        batch_size: Optional[int] = None,
+        max_batch_size: int = 64,
+        generator: Optional[torch.Generator] = None,
+    ):
+        super().__init__(bn, name, post)
+        self.temperature = float(temperature)
+        self.batch_size = batch_size
+        self.max_batch_size = max_batch_size
+        if generator is None:
+            generator = torch.Generator().manual_seed(0)
+        means, variances = initial_components(
+            self.source_mean, self.source_var, num_components, init_spread, generator
+        )
+        self.register_buffer("component_mean", means)
+        self.register_buffer("component_var", variances)
+
+    @property
+    def num_components(self) -> int:
+        return self.component_mean.shape[0]
+
+    def update_rate(self, batch: int) -> float:
+        """λ = 1 − (1 − m)^(B / B_max), B the stream's batch size (the input's when not given)."""
+        b = self.batch_size or batch
+        return 1.0 - (1.0 - self.bn_momentum) ** (b / self.max_batch_size)
+
+    def assignments(self, inst_mean: torch.Tensor) -> torch.Tensor:
+        """p_bk = softmax_k(cosine(μ̃_b, μ_k) / τ), shape (B, K); no gradient."""
+        sim = F.normalize(inst_mean, dim=1) @ F.normalize(self.component_mean, dim=1).T
+        return torch.softmax(sim / self.temperature, dim=1)
+
+    def mixture_stats(
+        self, inst_mean: torch.Tensor, inst_var: torch.Tensor, p: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and variance of the equal-weight mixture of μ̂_bk = (1−p)μ_k + p·μ̃_b (and σ̂²).
+
+        Written with (B, K) × (K, C) products instead of a (B, K, C) tensor:
+        mean_k μ̂ = ((1−p)·μ_K + μ̃)/K since Σ_k p = 1, and
+        mean_k μ̂² = ((1−p)²·μ_K² + 2·μ̃⊙((p(1−p))·μ_K) + Σ_k p²·μ̃²)/K.
+        """
+        k = p.shape[1]
+        q = 1.0 - p
+        mu_k, var_k = self.component_mean, self.component_var
+        mean = (q @ mu_k + inst_mean) / k
+        second = (
+            (q * q) @ (mu_k * mu_k)
+            + 2.0 * inst_mean * ((p * q) @ mu_k)
+            + (p * p).sum(1, keepdim=True) * inst_mean * inst_mean
+        )
+        var = (q @ var_k + inst_var + second) / k - mean * mean
+        return mean, var
+
+    @torch.no_grad()
+    def update_components(
+        self, inst_mean: torch.Tensor, inst_var: torch.Tensor, p: torch.Tensor
+    ) -> None:
+        """μ_k += λ·mean_b p_bk(μ̃_b − μ_k), σ²_k likewise (divided by B, not by Σ_b p_bk)."""
+        lam = self.update_rate(p.shape[0])
+        w = p.T / p.shape[0]  # (K, B)
+        mass = w.sum(1, keepdim=True)
+        self.component_mean.add_(lam * (w @ inst_mean - mass * self.component_mean))
+        self.component_var.add_(lam * (w @ inst_var - mass * self.component_var))
+
+    def adapt_and_normalize(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:  # (B, C): no positions to take instance statistics over (as official)
+            return self.normalize(x, self.source_mean, self.source_var)
+        inst_mean, inst_var = instance_stats(x)
+        with torch.no_grad():
+            p = self.assignments(inst_mean)
+        mean, var = self.mixture_stats(inst_mean, inst_var, p)
+        self.update_components(inst_mean.detach(), inst_var.detach(), p)
+        return self.normalize(x, mean, var)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, num_components={self.num_components}"
+
+
+def _prepare(options: dict[str, Any]) -> dict[str, Any]:
+    """One seeded generator per wrapped model; layers draw from it in module order."""
+    seed = options.pop("seed")
+    return {**options, "generator": torch.Generator().manual_seed(seed)}
+
+
+register_norm(
+    NormMethod(
+        name="unmix-tns",
+        layer=UnMixTNS,
+        description="UnMix-TNS: per-sample mixture of K online statistics components",
+        options={
+            "num_components": Option(16, int, "K, statistics components per layer", at_least_one),
+            "temperature": Option(0.07, float, "softmax temperature τ of the assignment", positive),
+            "init_spread": Option(
+                0.5, float, "a0, spread of the initial components", in_range(0, 1)
+            ),
+            "batch_size": Option(
+                None, int, "stream batch size B in λ (default: each input's)", at_least_one, True
+            ),
+            "max_batch_size": Option(64, int, "B_max in λ (16 for ImageNet)", at_least_one),
+            "seed": Option(0, int, "seed of the initial components"),
+        },
+        prepare=_prepare,
+    )
+)
