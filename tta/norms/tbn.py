@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from tta.norms.base import AdaptiveNorm
+from tta.norms.base import AdaptiveNorm, batch_stats
 from tta.registry import NormMethod, register_norm
 
 
@@ -25,7 +24,7 @@ class TestBatchNorm(AdaptiveNorm):
                 f"batch statistics, got input of shape {tuple(x.shape)}; use a batch size > 1 "
                 "or a method defined for single samples (unmix-tns, alpha-bn, source)"
             )
-        return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+        return self.normalize(x, *batch_stats(x))
 
 
 register_norm(

@@ -1,0 +1,75 @@
+"""Time per batch of every method relative to plain ``model.eval()`` inference.
+
+All methods (and the plain model) run interleaved in one process, round-robin batch by batch, so
+machine noise hits each of them alike; the table reports the median time per batch divided by the
+plain model's median. Default network: WRN-16-4 at 32×32 (CIFAR-style).
+
+    python benchmarks/overhead.py                 # batch sizes 64 and 1
+    python benchmarks/overhead.py --repeats 30 --batch-sizes 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import tta
+from tta.models.wide_resnet import WideResNet
+
+STATS_METHODS = ["source", "tbn", "alpha-bn", "rbn", "unmix-tns"]
+GRADIENT_METHODS = ["tent", "core"]
+
+
+def network(seed: int = 0) -> torch.nn.Module:
+    gen = torch.Generator().manual_seed(seed)
+    net = WideResNet(depth=16, widen_factor=4, num_classes=10)
+    for m in net.modules():  # non-trivial source statistics, as a trained network has
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(0.1 * torch.randn(m.num_features, generator=gen))
+            m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=gen))
+    return net.eval()
+
+
+def measure(batch_size: int, repeats: int, methods: list[str]) -> dict[str, float]:
+    net = network()
+    x = torch.rand(batch_size, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+    def plain(inp: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return net(inp)
+
+    runners = {"plain": plain}
+    for name in methods:
+        opts = {"batch_size": batch_size} if name == "unmix-tns" else {}
+        runners[name] = tta.adapt(net, name, **opts)
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for r in range(repeats + 3):
+        for name, run in runners.items():
+            start = time.perf_counter()
+            run(x)
+            if r >= 3:  # warm-up rounds are not counted
+                times[name].append(time.perf_counter() - start)
+    base = statistics.median(times["plain"])
+    return {"plain_ms": base * 1e3, **{n: statistics.median(times[n]) / base for n in methods}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 1])
+    parser.add_argument("--repeats", type=int, default=20)
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, WRN-16-4 at 32x32")
+    print("| batch | plain ms/batch | " + " | ".join(STATS_METHODS + GRADIENT_METHODS) + " |")
+    print("|---" * (2 + len(STATS_METHODS) + len(GRADIENT_METHODS)) + "|")
+    for bs in args.batch_sizes:
+        methods = STATS_METHODS + (GRADIENT_METHODS if bs > 1 else [])
+        res = measure(bs, args.repeats, methods)
+        cells = [f"{res[m]:.2f}x" if m in res else "-" for m in STATS_METHODS + GRADIENT_METHODS]
+        print(f"| {bs} | {res['plain_ms']:.1f} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
