@@ -1,0 +1,162 @@
+"""ImageNet-C (Hendrycks & Dietterich, ICLR 2019) read from the release folder layout with Pillow.
+
+Layout (SPEC section 5): ``<root>/<corruption>/<severity>/<wnid>/<image>.JPEG``. Labels are the
+index of the wnid in the sorted list of wnids (the standard ImageNet class order), so every domain
+must hold the same set of wnid folders.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any, Callable
+
+import numpy as np
+
+from tta.data.dataset_domain import image_to_raw, stack_raw
+from tta.data.domain import Domain, Raw
+from tta.data.names import (
+    ALL_CORRUPTIONS,
+    check_corruptions,
+    check_severities,
+    domain_name,
+    present_in,
+)
+
+IMAGENETC_LAYOUT = """expected layout (the ImageNet-C release):
+  <root>/<corruption>/<severity>/<wnid>/<image>.JPEG
+  e.g. <root>/gaussian_noise/5/n01440764/ILSVRC2012_val_00000293.JPEG"""
+
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
+
+
+def default_transform() -> Callable[[Any], Any]:
+    """Resize the short side to 256 and centre-crop 224 (the usual ImageNet evaluation view)."""
+    from torchvision import transforms
+
+    return transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224)])
+
+
+class ImageFolderDomain(Domain):
+    """Images listed as file paths with labels, decoded with Pillow when a batch asks for them."""
+
+    def __init__(
+        self,
+        files: Sequence[str],
+        labels: np.ndarray,
+        name: str,
+        transform: Callable[[Any], Any] | None = None,
+        corruption: str | None = None,
+        severity: int | None = None,
+    ):
+        super().__init__(name, corruption, severity)
+        if len(files) != len(labels):
+            raise ValueError(
+                f"domain {name!r} lists {len(files)} files but {len(labels)} labels; they must match."
+            )
+        self.files = list(files)
+        self.transform = transform
+        self._labels = np.asarray(labels, dtype=np.int64)
+        self._labels.setflags(write=False)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self._labels
+
+    def _read(self, rows: np.ndarray) -> Raw:
+        from PIL import Image
+
+        # JPEG decoding is per file; there is no batched decoder to call instead.
+        images = []
+        for i in rows.tolist():
+            with Image.open(self.files[i]) as im:
+                im = im.convert("RGB")
+                if self.transform is not None:
+                    im = self.transform(im)
+                images.append(image_to_raw(im, f"{self.files[i]!r}"))
+        return stack_raw(images, self.name)
+
+
+def ImageNetC(
+    root: str | os.PathLike[str],
+    corruptions: Iterable[str] | str | None = None,
+    severities: Iterable[int] | int = (5,),
+    transform: Callable[[Any], Any] | None | str = "default",
+) -> list[ImageFolderDomain]:
+    """One domain per (corruption, severity), corruption-major in the order requested.
+
+    ``transform="default"`` resizes to 256 and centre-crops 224; ``None`` keeps images as stored
+    (the release images are 224 x 224); any callable on a PIL image may be given instead.
+    """
+    names = check_corruptions(corruptions)
+    sevs = check_severities(severities)
+    root = os.fspath(root)
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"ImageNet-C folder {root!r} does not exist.\n{IMAGENETC_LAYOUT}")
+    if isinstance(transform, str):
+        if transform != "default":
+            raise ValueError(
+                f"transform {transform!r} is not valid; pass 'default', None or a callable."
+            )
+        transform = default_transform()
+    wnids: list[str] | None = None
+    first = ""
+    domains: list[ImageFolderDomain] = []
+    for corruption in names:
+        cdir = os.path.join(root, corruption)
+        if not os.path.isdir(cdir):
+            present = present_in(
+                ALL_CORRUPTIONS,
+                (e.name for e in os.scandir(root) if e.is_dir() and e.name in ALL_CORRUPTIONS),
+            )
+            raise FileNotFoundError(
+                f"{cdir!r} is missing; corruptions present in {root!r}: "
+                f"{', '.join(present) if present else 'none'}.\n{IMAGENETC_LAYOUT}"
+            )
+        for s in sevs:
+            sdir = os.path.join(cdir, str(s))
+            if not os.path.isdir(sdir):
+                have = sorted(e.name for e in os.scandir(cdir) if e.is_dir())
+                raise FileNotFoundError(
+                    f"{sdir!r} is missing; severity folders present: {', '.join(have) or 'none'}."
+                    f"\n{IMAGENETC_LAYOUT}"
+                )
+            found = sorted(e.name for e in os.scandir(sdir) if e.is_dir())
+            if not found:
+                raise FileNotFoundError(f"{sdir!r} holds no <wnid> folders.\n{IMAGENETC_LAYOUT}")
+            if wnids is None:
+                wnids, first = found, sdir
+            elif found != wnids:
+                extra = sorted(set(found) - set(wnids))[:5]
+                lacking = sorted(set(wnids) - set(found))[:5]
+                raise ValueError(
+                    f"{sdir!r} has different class folders from {first!r} (extra: {extra}, "
+                    f"missing: {lacking}); labels are indices into the sorted wnids, so every "
+                    "domain must hold the same classes."
+                )
+            files, labels = _list_images(sdir, wnids)
+            domains.append(
+                ImageFolderDomain(
+                    files, labels, domain_name(corruption, s), transform, corruption, s
+                )
+            )
+    return domains
+
+
+def _list_images(sdir: str, wnids: list[str]) -> tuple[list[str], np.ndarray]:
+    """All image files under ``sdir/<wnid>/``, sorted, with the wnid's index as label."""
+    files: list[str] = []
+    counts: list[int] = []
+    for wnid in wnids:
+        wdir = os.path.join(sdir, wnid)
+        names = sorted(
+            e.name for e in os.scandir(wdir) if e.name.lower().endswith(IMAGE_EXTENSIONS)
+        )
+        files.extend(os.path.join(wdir, n) for n in names)
+        counts.append(len(names))
+    if not files:
+        raise FileNotFoundError(
+            f"{sdir!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}).\n{IMAGENETC_LAYOUT}"
+        )
+    labels = np.repeat(np.arange(len(wnids), dtype=np.int64), counts)
+    return files, labels
