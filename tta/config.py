@@ -85,7 +85,8 @@ def _check_section(prefix: str, schema: Mapping[str, Any], given: Any) -> dict[s
     for key, spec in schema.items():
         where = f"{prefix}.{key}" if prefix else key
         if isinstance(spec, dict):
-            out[key] = _check_section(where, spec, given.get(key, {}) or {})
+            sub = given.get(key)
+            out[key] = _check_section(where, spec, {} if sub is None else sub)
         else:
             out[key] = (
                 _check_value(where, spec, given[key])
@@ -124,7 +125,7 @@ def method_entries(methods: list[Any]) -> list[dict[str, Any]]:
     An entry is a method name or a mapping with ``name``, an optional ``label`` and the method's
     options. ``source`` always runs first, as the baseline. Options are checked by ``tta.adapt``.
     """
-    from tta.registry import lookup
+    from tta.wrapper import resolve_method
 
     entries = [{"name": "source", "label": "source", "options": {}}]
     for i, item in enumerate(methods):
@@ -136,7 +137,7 @@ def method_entries(methods: list[Any]) -> list[dict[str, Any]]:
                 f"got {item!r}"
             )
         options = {k: v for k, v in item.items() if k not in ("name", "label")}
-        lookup(item["name"])  # unknown names fail here, with the closest match
+        resolve_method(item["name"], options)  # unknown names and options fail here
         label = item.get("label") or item["name"] + (
             f"+{options['norm']}" if "norm" in options else ""
         )

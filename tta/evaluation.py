@@ -121,7 +121,7 @@ def run_unit(
     wrong = torch.zeros(num_domains, dtype=torch.float64, device=device)
     seen = torch.zeros(num_domains, dtype=torch.float64, device=device)
     start = time.perf_counter()
-    with tqdm(total=len(segment), desc=desc, leave=False, dynamic_ncols=True) as bar:
+    with tqdm(total=len(segment), desc=desc, leave=False, dynamic_ncols=True, disable=None) as bar:
         for b, batch in enumerate(segment):
             x = batch.x.to(device, non_blocking=True)
             dom = batch.domains.to(device, non_blocking=True)
@@ -188,7 +188,6 @@ def evaluate(
     units: dict[str, list[dict[str, Any]]] = {}
     for entry in entries:
         options = method_options(entry, seed)
-        tta.adapt(model, entry["name"], **options)  # fail on bad options before any work
         units[entry["label"]] = []
         for segment in stream.segments():
             path = out / "units" / _safe(entry["label"]) / f"{_safe(segment.name)}.json"

@@ -130,17 +130,13 @@ class AdaptedModel(nn.Module):
         return f"method={self.method!r}, options={self.options}"
 
 
-def adapt(model: nn.Module, method: str, **options: Any) -> AdaptedModel:
-    """Wrap ``model`` (not modified; a copy is adapted) with an adaptation method by name.
+def resolve_method(method: str, options: dict[str, Any]) -> tuple[Any, ...]:
+    """Check a method name and its options without a model.
 
-    ``tta.available_methods()`` lists the names. Statistics-only methods (``source``, ``tbn``,
-    ``alpha-bn``, ``rbn``, ``unmix-tns``) take their own options; gradient methods (``tent``,
-    ``core``) also take ``norm=`` naming the norm method underneath and that method's options.
+    Returns (objective or None, norm method, norm options, objective options or None), every
+    option filled with its default; raises with the closest valid name for anything unknown.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(
-            f"model must be a torch.nn.Module, got {type(model).__module__}.{type(model).__name__}"
-        )
+    options = dict(options)
     objective, norm = registry.lookup(method)
     objective_options: Optional[dict[str, Any]] = None
     valid = list(norm.options) if norm is not None else []
@@ -163,7 +159,23 @@ def adapt(model: nn.Module, method: str, **options: Any) -> AdaptedModel:
             f"unknown option {bad[0]!r} for {owner}.{did_you_mean(bad[0], valid)} "
             f"Valid options: {', '.join(valid) or '(none)'}."
         )
-    norm_options = resolve(owner, norm.options, options)
+    return objective, norm, resolve(owner, norm.options, options), objective_options
+
+
+def adapt(model: nn.Module, method: str, **options: Any) -> AdaptedModel:
+    """Wrap ``model`` (not modified; a copy is adapted) with an adaptation method by name.
+
+    ``tta.available_methods()`` lists the names. Statistics-only methods (``source``, ``tbn``,
+    ``alpha-bn``, ``rbn``, ``unmix-tns``) take their own options; gradient methods (``tent``,
+    ``core``) also take ``norm=`` naming the norm method underneath and that method's options
+    (a norm option named like an optimiser option, such as rbn's ``momentum``, is
+    ``norm_momentum``).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"model must be a torch.nn.Module, got {type(model).__module__}.{type(model).__name__}"
+        )
+    objective, norm, norm_options, objective_options = resolve_method(method, options)
     if (norm.needs_batchnorm or objective is not None) and not find_batchnorms(model):
         raise ValueError(
             f"model {type(model).__name__} has no BatchNorm layer, and method {method!r} adapts "

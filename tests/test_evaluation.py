@@ -1,0 +1,214 @@
+"""Evaluation runs end to end: files, consistency, resume, config errors (issue 7)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from torch import nn
+
+import tta
+from tta.cli import main
+from tta.config import load_config, resolve_config
+
+CORRUPTIONS = ["gaussian_noise", "fog"]
+
+
+def write_cifar_c(root: Path, n: int = 40, seed: int = 0) -> Path:
+    """A CIFAR-10-C-layout folder: n images per severity, 5 severities stacked."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    labels = np.tile(np.arange(n) % 4, 5).astype(np.uint8)
+    np.save(root / "labels.npy", labels)
+    for name in CORRUPTIONS:
+        np.save(root / f"{name}.npy", rng.integers(0, 256, (5 * n, 32, 32, 3), dtype=np.uint8))
+    return root
+
+
+def tiny_model() -> nn.Module:
+    gen = torch.Generator().manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4),
+    )
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+        net[1].running_mean.copy_(torch.rand(8, generator=gen))
+        net[1].running_var.copy_(0.5 + torch.rand(8, generator=gen))
+    return net.eval()
+
+
+def config(tmp_path: Path, **stream) -> dict:
+    return {
+        "name": "tiny",
+        "output": str(tmp_path / "out"),
+        "seed": 3,
+        "device": "cpu",
+        "data": {
+            "source": "cifar-c",
+            "root": str(write_cifar_c(tmp_path / "c")),
+            "corruptions": CORRUPTIONS,
+        },
+        "stream": {"order": "iid", "schedule": "reset_each_shift", "batch_size": 16, **stream},
+        "methods": ["tbn", {"name": "unmix-tns", "num_components": 2}, "tent"],
+    }
+
+
+def test_run_writes_consistent_files(tmp_path):
+    res = tta.evaluate(config(tmp_path), model=tiny_model())
+    out = tmp_path / "out"
+    for name in ("results.json", "results.csv", "summary.md", "errors.png", "config.json"):
+        assert (out / name).is_file(), name
+    saved = json.loads((out / "results.json").read_text())
+    assert [m["label"] for m in saved["methods"]] == ["source", "tbn", "unmix-tns", "tent"]
+    domains = ["gaussian_noise-5", "fog-5"]
+    assert saved["stream"]["domains"] == domains
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert len(rows) == 4 * len(domains)
+    for m in saved["methods"]:
+        errs = [m["errors"][d] for d in domains]
+        assert m["mean_error"] == pytest.approx(np.mean(errs))
+        assert all(m["samples"][d] == 40 for d in domains)
+        for row in (r for r in rows if r["method"] == m["label"]):
+            assert float(row["error"]) == pytest.approx(m["errors"][row["domain"]], abs=1e-4)
+            src = saved["methods"][0]["errors"][row["domain"]]
+            assert float(row["delta_vs_source"]) == pytest.approx(
+                m["errors"][row["domain"]] - src, abs=1e-4
+            )
+    assert saved["methods"][0]["delta_vs_source"] == 0.0
+    assert res["methods"][1]["delta_vs_source"] == pytest.approx(
+        res["methods"][1]["mean_error"] - res["methods"][0]["mean_error"]
+    )
+    assert "label_stats" in saved["stream"] and saved["versions"]["torch"] == torch.__version__
+    summary = (out / "summary.md").read_text()
+    assert "| source |" in summary and "Δ vs source" in summary
+
+
+def test_errors_match_a_hand_run_of_the_stream(tmp_path):
+    """The recorded error is the online error of the method on the same stream."""
+    cfg = config(tmp_path, schedule="continual")
+    res = tta.evaluate(cfg, model=tiny_model())
+    from tta.data import CIFARC, make_stream
+
+    stream = make_stream(
+        CIFARC(cfg["data"]["root"], corruptions=CORRUPTIONS), "iid", 0.1, "continual", 16, 3
+    )
+    adapted = tta.adapt(tiny_model(), "tbn")
+    wrong = {d: 0 for d in stream.domain_names}
+    for seg in stream.segments():
+        for batch in seg:
+            miss = (adapted(batch.x).argmax(1) != batch.y).numpy()
+            for d, m in zip(batch.domains.numpy(), miss):
+                wrong[stream.domain_names[d]] += int(m)
+    tbn = res["methods"][1]
+    for d, w in wrong.items():
+        assert tbn["errors"][d] == pytest.approx(100 * w / 40)
+
+
+def test_resume_after_interruption_gives_identical_results(tmp_path, monkeypatch):
+    cfg = config(tmp_path)
+    full = tta.evaluate(cfg, model=tiny_model())
+    out = tmp_path / "out"
+    reference = {n: (out / n).read_bytes() for n in ("results.json", "results.csv", "summary.md")}
+    # Simulate a kill: one unit and the final files are missing.
+    (out / "units" / "unmix-tns" / "fog-5.json").unlink()
+    for n in reference:
+        (out / n).unlink()
+    import tta.evaluation as ev
+
+    calls = []
+    real = ev.run_unit
+    monkeypatch.setattr(ev, "run_unit", lambda *a, **k: calls.append(a[4]) or real(*a, **k))
+    again = tta.evaluate(cfg, model=tiny_model())
+    assert calls == ["unmix-tns | fog-5"]  # only the missing unit ran
+    # Identical results; only the re-measured unit's timing may differ.
+    assert (out / "results.csv").read_bytes() == reference["results.csv"]
+    timing = ("seconds", "images_per_second")
+    strip = lambda ms: [{k: v for k, v in m.items() if k not in timing} for m in ms]  # noqa: E731
+    assert strip(again["methods"]) == strip(full["methods"])
+    assert strip(json.loads((out / "results.json").read_text())["methods"]) == strip(
+        full["methods"]
+    )
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_same_config_and_seed_same_numbers_and_force_reruns(tmp_path):
+    a = tta.evaluate(config(tmp_path), model=tiny_model())
+    b = tta.evaluate(config(tmp_path), force=True, model=tiny_model())
+    assert [m["errors"] for m in a["methods"]] == [m["errors"] for m in b["methods"]]
+
+
+def test_changed_config_in_same_output_is_refused(tmp_path):
+    tta.evaluate(config(tmp_path), model=tiny_model())
+    with pytest.raises(ValueError, match="different config.*stream.*--force"):
+        tta.evaluate(config(tmp_path, batch_size=8), model=tiny_model())
+
+
+def test_cli_run_with_overrides(tmp_path, capsys):
+    cfg = config(tmp_path)
+    cfg["model"] = {"spec": "resnet8", "num_classes": 4}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(path), "stream.batch_size=20", "methods=[tbn]"]) == 0
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["config"]["stream"]["batch_size"] == 20
+    assert [m["label"] for m in saved["methods"]] == ["source", "tbn"]
+    assert "| tbn |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "cfg, err, pattern",
+    [
+        ({"strem": {}}, ValueError, "unknown config key 'strem'. Did you mean 'stream'"),
+        (
+            {"stream": {"batch_sise": 3}},
+            ValueError,
+            "'stream.batch_sise'. Did you mean 'batch_size'",
+        ),
+        ({"stream": {"batch_size": "big"}}, TypeError, "'stream.batch_size' must be int"),
+        ({"stream": {"batch_size": 0}}, ValueError, "'stream.batch_size' must be >= 1"),
+        ({"stream": {"order": "dirichlett"}}, ValueError, "Did you mean 'dirichlet'"),
+        ({"data": {"source": "cifar10c"}}, ValueError, "must be one of"),
+        ({"methods": ["tentt"]}, ValueError, "unknown method 'tentt'. Did you mean 'tent'"),
+        ({"methods": [{"label": "x"}]}, TypeError, "methods\\[0\\]"),
+        ({"methods": ["tbn", "tbn"]}, ValueError, "two methods are labelled 'tbn'"),
+        ({"model": []}, TypeError, "'model' must be a mapping"),
+    ],
+)
+def test_config_errors(cfg, err, pattern):
+    with pytest.raises(err, match=pattern):
+        resolve_config(cfg)
+
+
+def test_bad_method_option_fails_before_any_work(tmp_path):
+    cfg = config(tmp_path)
+    cfg["methods"] = [{"name": "unmix-tns", "num_component": 2}]
+    with pytest.raises(TypeError, match="Did you mean 'num_components'"):
+        tta.evaluate(cfg, model=tiny_model())
+    assert not (tmp_path / "out" / "units").exists()
+
+
+def test_config_file_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stream: [unclosed")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        load_config(bad)
+    assert main(["run", str(tmp_path / "nope.yaml")]) == 1
+
+
+def test_shipped_configs_validate():
+    for path in sorted(Path(__file__).parent.parent.glob("configs/*.yaml")):
+        cfg = load_config(path)
+        assert cfg["methods"], path
