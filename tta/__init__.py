@@ -7,8 +7,17 @@ returns a module that predicts and adapts online as batches pass.
 from __future__ import annotations
 
 from tta import methods, norms  # noqa: F401  (registers every method)
+from tta.models import load_model, train_model  # noqa: F401
 from tta.registry import available_methods
 from tta.wrapper import AdaptedModel, adapt
+
+
+def evaluate(config, force: bool = False, model=None):
+    """Run an evaluation config; see ``tta.evaluation.evaluate``."""
+    from tta.evaluation import evaluate as _evaluate
+
+    return _evaluate(config, force=force, model=model)
+
 
 __version__ = "0.1.0"
 

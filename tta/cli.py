@@ -9,7 +9,12 @@ from typing import Optional, Sequence
 
 # Each module listed here defines ``register(subparsers)``, which adds its sub-command and sets
 # ``func`` (a callable taking the parsed arguments and returning an exit code) as a default.
-COMMANDS = []
+COMMANDS = [
+    "tta.commands.run",
+    "tta.commands.demo",
+    "tta.commands.train",
+    "tta.commands.sweep",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,135 @@
+"""Build a bare network (no normalisation, no weights) from a spec string.
+
+Specs: the CIFAR networks defined here (``resnet26``, ``wrn28_10``, ...), ``timm:<name>``
+(built with ``pretrained=False``) and ``torchvision:<name>`` (built with ``weights=None``).
+Nothing is ever downloaded; weights come from a local checkpoint.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+from torch import nn
+
+from tta._errors import did_you_mean, unknown
+from tta.models.cifar_resnet import CifarResNet
+from tta.models.wide_resnet import WideResNet
+
+# name -> (builder taking num_classes and options, default num_classes, one-line description)
+_CIFAR: dict[str, tuple[Callable[..., nn.Module], dict[str, Any], str]] = {
+    "resnet8": (
+        CifarResNet,
+        {"depth": 8},
+        "pre-activation CIFAR ResNet-8, 75k parameters (fast demo model)",
+    ),
+    "resnet20": (CifarResNet, {"depth": 20}, "pre-activation CIFAR ResNet-20"),
+    "resnet26": (CifarResNet, {"depth": 26}, "pre-activation CIFAR ResNet-26 (TTT, TENT)"),
+    "wrn28_10": (
+        WideResNet,
+        {"depth": 28, "widen_factor": 10},
+        "WideResNet-28-10, RobustBench layout (Standard)",
+    ),
+}
+DEFAULT_NUM_CLASSES = 10
+PREFIXES = ("timm", "torchvision")
+
+
+def spec_names() -> list[str]:
+    """The built-in CIFAR specs followed by the prefixed families."""
+    return list(_CIFAR) + [f"{p}:<name>" for p in PREFIXES]
+
+
+def describe() -> dict[str, str]:
+    return {name: entry[2] for name, entry in _CIFAR.items()}
+
+
+def check_spec(spec: str) -> str:
+    """Return ``spec`` if it names a buildable network, else raise a ValueError saying why."""
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(f"model spec must be a non-empty string, got {spec!r}")
+    if spec in _CIFAR:
+        return spec
+    family, sep, name = spec.partition(":")
+    if sep and family in PREFIXES:
+        if not name:
+            raise ValueError(f"model spec {spec!r} names no architecture after '{family}:'")
+        return spec
+    if sep:
+        raise ValueError(unknown("model family", family, PREFIXES))
+    raise ValueError(unknown("model spec", spec, spec_names()))
+
+
+def build_network(spec: str, num_classes: Optional[int] = None, **options: Any) -> nn.Module:
+    """Build the network named by ``spec`` with freshly initialised weights.
+
+    ``options`` go to the architecture (``width`` for the CIFAR ResNets, ``widen_factor`` for
+    WideResNet, any ``timm.create_model`` / torchvision builder keyword otherwise).
+    """
+    check_spec(spec)
+    if num_classes is not None and (isinstance(num_classes, bool) or int(num_classes) < 1):
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if spec in _CIFAR:
+        builder, defaults, _ = _CIFAR[spec]
+        kwargs = {**defaults, **options}
+        classes = DEFAULT_NUM_CLASSES if num_classes is None else int(num_classes)
+        try:
+            return builder(num_classes=classes, **kwargs)
+        except TypeError as err:
+            raise TypeError(f"bad option for model {spec!r}: {err}") from None
+    family, _, name = spec.partition(":")
+    for key in ("pretrained", "weights", "pretrained_cfg_overlay"):
+        if key in options:
+            raise ValueError(
+                f"option {key!r} is not supported: tta never downloads weights; pass a local "
+                "checkpoint file instead"
+            )
+    if num_classes is not None:
+        options = {**options, "num_classes": int(num_classes)}
+    if family == "timm":
+        return _build_timm(name, options)
+    return _build_torchvision(name, options)
+
+
+def _build_timm(name: str, options: dict[str, Any]) -> nn.Module:
+    import timm
+
+    if not timm.is_model(name):
+        raise ValueError(
+            f"unknown timm model {name!r}.{did_you_mean(name, timm.list_models())} "
+            "See timm.list_models() for the valid names."
+        )
+    return timm.create_model(name, pretrained=False, **options)
+
+
+def _build_torchvision(name: str, options: dict[str, Any]) -> nn.Module:
+    import torchvision
+
+    names = torchvision.models.list_models()
+    if name not in names:
+        raise ValueError(
+            f"unknown torchvision model {name!r}.{did_you_mean(name, names)} "
+            "See torchvision.models.list_models() for the valid names."
+        )
+    return torchvision.models.get_model(name, weights=None, **options)
+
+
+def classifier_key(network: nn.Module) -> Optional[str]:
+    """Name of the final classifier's weight in ``network.state_dict()``, or None.
+
+    timm models name their classifier via ``get_classifier()``; otherwise the last
+    ``nn.Linear`` in module order is taken (true for every network built here).
+    """
+    target: Optional[nn.Module] = None
+    get = getattr(network, "get_classifier", None)
+    if callable(get):
+        head = get()
+        if isinstance(head, nn.Linear):
+            target = head
+    named = list(network.named_modules())
+    if target is None:
+        linears = [m for _, m in named if isinstance(m, nn.Linear)]
+        target = linears[-1] if linears else None
+    for name, module in named:
+        if module is target:
+            return f"{name}.weight" if name else "weight"
+    return None
