@@ -48,7 +48,14 @@ def replace_batchnorms(
     found = find_batchnorms(model)
     # Build everything first so a failure leaves the model untouched.
     new = {name: make(name, bn, post_normalization(name, bn)) for name, bn in found}
-    for name, layer in new.items():
+    by_id = {id(bn): new[name] for name, bn in found}
+    # A module registered under several names (shared) is replaced under every one of them.
+    places = [
+        (n, by_id[id(m)])
+        for n, m in model.named_modules(remove_duplicate=False)
+        if isinstance(m, _BatchNorm)
+    ]
+    for name, layer in places:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, layer)

@@ -109,7 +109,15 @@ class AdaptedModel(nn.Module):
                 f"{state.get('options')}, but this model is {self.method!r} with {self.options}"
             )
         if self.optimizer is not None and state.get("optimizer") is not None:
-            self.optimizer.load_state_dict(state["optimizer"])
+            self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
+
+    def _apply(self, fn, *args, **kwargs):
+        super()._apply(fn, *args, **kwargs)
+        opt = getattr(self, "optimizer", None)
+        if opt is not None and opt.state:
+            # Optimizer.load_state_dict casts state tensors to their parameter's dtype and device
+            opt.load_state_dict(opt.state_dict())
+        return self
 
     def train(self, mode: bool = True) -> AdaptedModel:
         """Only flips the wrapper's flag: the wrapped network stays in eval mode."""
@@ -150,7 +158,8 @@ def resolve_method(method: str, options: dict[str, Any]) -> tuple[Any, ...]:
             k[5:] if k.startswith("norm_") and k[5:] in norm.options else k: v
             for k, v in options.items()
         }
-        valid = ["norm", *objective.options, *norm.options]
+        valid = ["norm", *objective.options]
+        valid += [f"norm_{k}" if k in objective.options else k for k in norm.options]
     else:
         owner = f"method {method!r}"
     bad = [k for k in options if k not in norm.options]

@@ -34,7 +34,7 @@ def class_confusion_loss(
         r = (p * w[:, None]).T @ p
     else:
         r = p.T @ p
-    r = r / r.sum(dim=1, keepdim=True)
+    r = r / r.sum(dim=1, keepdim=True).clamp_min(torch.finfo(r.dtype).tiny)
     return (r.sum() - r.trace()) / k
 
 
