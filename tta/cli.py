@@ -14,6 +14,7 @@ COMMANDS = [
     "tta.commands.demo",
     "tta.commands.train",
     "tta.commands.sweep",
+    "tta.commands.corrupt",
 ]
 
 
