@@ -60,12 +60,22 @@ class UnMixTNS(AdaptiveNorm):
         means, variances = initial_components(
             self.source_mean, self.source_var, num_components, init_spread, generator
         )
-        self.register_buffer("component_mean", means)
-        self.register_buffer("component_var", variances)
+        # One (K, 2C) buffer [μ_k | σ²_k]: one product serves both halves in every step below.
+        self.register_buffer("components", torch.cat([means, variances], dim=1))
+
+    @property
+    def component_mean(self) -> torch.Tensor:
+        """μ_k, shape (K, C) (a view of ``components``)."""
+        return self.components[:, : self.num_features]
+
+    @property
+    def component_var(self) -> torch.Tensor:
+        """σ²_k, shape (K, C) (a view of ``components``)."""
+        return self.components[:, self.num_features :]
 
     @property
     def num_components(self) -> int:
-        return self.component_mean.shape[0]
+        return self.components.shape[0]
 
     def update_rate(self, batch: int) -> float:
         """λ = 1 − (1 − m)^(B / B_max), B the stream's batch size (the input's when not given)."""
@@ -84,30 +94,32 @@ class UnMixTNS(AdaptiveNorm):
 
         Written with (B, K) × (K, C) products instead of a (B, K, C) tensor:
         mean_k μ̂ = ((1−p)·μ_K + μ̃)/K since Σ_k p = 1, and
-        mean_k μ̂² = ((1−p)²·μ_K² + 2·μ̃⊙((p(1−p))·μ_K) + Σ_k p²·μ̃²)/K.
+        mean_k μ̂² = ((1−p)²·μ_K² + μ̃⊙(2p(1−p)·μ_K + Σ_k p²·μ̃))/K.
+        Only μ̃ and σ̃² carry gradients; the component terms are constants (``p`` has none).
         """
-        k = p.shape[1]
+        c, k = self.num_features, p.shape[1]
         q = 1.0 - p
-        mu_k, var_k = self.component_mean, self.component_var
-        mean = (q @ mu_k + inst_mean) / k
-        second = (
-            (q * q) @ (mu_k * mu_k)
-            + 2.0 * inst_mean * ((p * q) @ mu_k)
-            + (p * p).sum(1, keepdim=True) * inst_mean * inst_mean
-        )
-        var = (q @ var_k + inst_var + second) / k - mean * mean
-        return mean, var
+        mu = self.component_mean
+        base = q @ self.components  # [Σ(1−p)μ_k | Σ(1−p)σ²_k]
+        square = (q * q) @ (mu * mu)
+        cross = (2.0 * p * q) @ mu
+        pp = (p * p).sum(1, keepdim=True)
+        mean = (base[:, :c] + inst_mean) / k
+        second = torch.addcmul(square, inst_mean, torch.addcmul(cross, pp, inst_mean))
+        var = (base[:, c:] + inst_var + second) / k
+        return mean, torch.addcmul(var, mean, mean, value=-1.0)
 
     @torch.no_grad()
     def update_components(
         self, inst_mean: torch.Tensor, inst_var: torch.Tensor, p: torch.Tensor
     ) -> None:
-        """μ_k += λ·mean_b p_bk(μ̃_b − μ_k), σ²_k likewise (divided by B, not by Σ_b p_bk)."""
-        lam = self.update_rate(p.shape[0])
-        w = p.T / p.shape[0]  # (K, B)
-        mass = w.sum(1, keepdim=True)
-        self.component_mean.add_(lam * (w @ inst_mean - mass * self.component_mean))
-        self.component_var.add_(lam * (w @ inst_var - mass * self.component_var))
+        """μ_k += λ·mean_b p_bk(μ̃_b − μ_k), σ²_k likewise (divided by B, not by Σ_b p_bk).
+
+        Done as components·(1 − λ·Σ_b p_bk/B) + (λ/B)·pᵀ·[μ̃ | σ̃²], the same update rearranged.
+        """
+        w = p.T * (self.update_rate(p.shape[0]) / p.shape[0])  # (K, B)
+        keep = 1.0 - w.sum(1, keepdim=True)
+        self.components.mul_(keep).addmm_(w, torch.cat([inst_mean, inst_var], dim=1))
 
     def adapt_and_normalize(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 2:  # (B, C): no positions to take instance statistics over (as official)
