@@ -12,8 +12,8 @@ from tta.registry import available_methods
 from tta.wrapper import AdaptedModel, adapt
 
 
-def evaluate(config, force: bool = False, model=None):
-    """Run an evaluation config; see ``tta.evaluation.evaluate``."""
+def evaluate(config: dict, force: bool = False, model=None) -> dict:
+    """Run an evaluation config (YAML schema as a mapping); see ``tta.evaluation.evaluate``."""
     from tta.evaluation import evaluate as _evaluate
 
     return _evaluate(config, force=force, model=model)
@@ -21,4 +21,11 @@ def evaluate(config, force: bool = False, model=None):
 
 __version__ = "0.1.0"
 
-__all__ = ["AdaptedModel", "adapt", "available_methods"]
+__all__ = [
+    "AdaptedModel",
+    "adapt",
+    "available_methods",
+    "evaluate",
+    "load_model",
+    "train_model",
+]

@@ -47,7 +47,11 @@ SCHEMA: dict[str, Any] = {
         "corruptions": Option(None, list, "corruption names (default: the 15)", nullable=True),
         "severities": Option([5], list, "severities 1..5"),
         "num_samples": Option(
-            None, int, "use the first N samples of each domain", at_least_one, nullable=True
+            None,
+            int,
+            "use a seeded random subset of N samples per domain",
+            at_least_one,
+            nullable=True,
         ),
     },
     "stream": {

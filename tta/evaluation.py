@@ -28,19 +28,28 @@ from tta.config import method_entries, resolve_config
 from tta.data import CIFARC, ArrayDomain, Domain, ImageNetC, Segment, make_stream
 
 
-class FirstSamples(Domain):
-    """The first ``n`` samples of a domain (for quick runs on part of a dataset)."""
+class SubsetDomain(Domain):
+    """The rows ``rows`` of a domain (for quick runs on part of a dataset)."""
 
-    def __init__(self, domain: Domain, n: int):
+    def __init__(self, domain: Domain, rows: np.ndarray):
         super().__init__(domain.name, domain.corruption, domain.severity)
-        self.inner, self.n = domain, min(n, len(domain))
+        self.inner, self.rows = domain, rows
 
     @property
     def labels(self) -> np.ndarray:
-        return self.inner.labels[: self.n]
+        return self.inner.labels[self.rows]
 
     def _read(self, rows: np.ndarray):
-        return self.inner._read(rows)
+        return self.inner._read(self.rows[rows])
+
+
+def subset_rows(n_total: int, n: int, seed: int) -> np.ndarray:
+    """A seeded random subset of ``n`` row indices, in increasing order (the same for every domain
+    of a run, so each corruption shows the same images; releases are often sorted by label, so
+    the first n rows would not do)."""
+    if n >= n_total:
+        return np.arange(n_total)
+    return np.sort(np.random.default_rng(seed).choice(n_total, n, replace=False))
 
 
 def corrupted_domains(
@@ -78,11 +87,12 @@ def build_domains(data: Mapping[str, Any], seed: int) -> list[Domain]:
 
         _, _, images, labels = load_dataset(data["clean"])
         if data["num_samples"]:
-            images, labels = images[: data["num_samples"]], labels[: data["num_samples"]]
+            rows = subset_rows(len(labels), data["num_samples"], seed)
+            images, labels = images[rows], labels[rows]
         names = names or corruptions.names("benchmark")
-        domains = corrupted_domains(images, labels, names, sev, seed)
+        return corrupted_domains(images, labels, names, sev, seed)
     if data["num_samples"]:
-        domains = [FirstSamples(d, data["num_samples"]) for d in domains]
+        domains = [SubsetDomain(d, subset_rows(len(d), data["num_samples"], seed)) for d in domains]
     return domains
 
 

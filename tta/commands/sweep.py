@@ -17,7 +17,9 @@ def register(subparsers: Any) -> None:
             "cells are skipped on rerun; failing cells are retried, then listed in failures.json."
         ),
     )
-    parser.add_argument("sweep", nargs="?", help="sweep YAML file (see configs/sweeps/example.yaml)")
+    parser.add_argument(
+        "sweep", nargs="?", help="sweep YAML file (see configs/sweeps/example.yaml)"
+    )
     parser.add_argument(
         "overrides",
         nargs="*",
