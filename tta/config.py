@@ -185,13 +185,17 @@ def apply_overrides(config: Mapping[str, Any], overrides: list[str]) -> dict[str
     return out
 
 
-def load_config(path: PathLike, overrides: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
-    """Read a YAML config, apply ``key=value`` overrides, validate, fill defaults."""
+def read_yaml(path: PathLike, kind: str = "config") -> Any:
+    """Parse a YAML file; a missing file or bad YAML gets an error naming the path."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+        raise FileNotFoundError(f"{kind} file {str(path)!r} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise ValueError(f"config file {str(path)!r} is not valid YAML: {err}") from err
-    return resolve_config(apply_overrides(raw, list(overrides)))
+        raise ValueError(f"{kind} file {str(path)!r} is not valid YAML: {err}") from err
+
+
+def load_config(path: PathLike, overrides: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
+    """Read a YAML config, apply ``key=value`` overrides, validate, fill defaults."""
+    return resolve_config(apply_overrides(read_yaml(path), list(overrides)))

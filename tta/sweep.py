@@ -36,7 +36,7 @@ import yaml
 
 from tta._errors import did_you_mean, unknown
 from tta._io import atomic_write, read_json, write_json, write_text
-from tta.config import SCHEMA, apply_overrides, resolve_config
+from tta.config import SCHEMA, apply_overrides, read_yaml, resolve_config
 from tta.evaluation import evaluate
 
 PathLike = Union[str, Path]
@@ -253,13 +253,7 @@ def build_sweep(spec: Mapping[str, Any]) -> Sweep:
 
 def load_sweep(path: PathLike, overrides: tuple[str, ...] | list[str] = ()) -> Sweep:
     """Read a sweep YAML file, apply ``key=value`` overrides (``grid.seed=[1,2]`` works too)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"sweep file {str(path)!r} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ValueError(f"sweep file {str(path)!r} is not valid YAML: {err}") from err
+    raw = read_yaml(path, "sweep")
     if not isinstance(raw, Mapping):
         raise TypeError(f"sweep file {str(path)!r} must hold a mapping")
     # Grid keys contain dots, so overrides of ``grid.<dotted key>`` are split by hand.
