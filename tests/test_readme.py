@@ -30,3 +30,15 @@ def test_every_readme_method_is_registered():
     readme = (ROOT / "README.md").read_text()
     listed = re.findall(r"^\| `([a-z-]+)` \|", readme, flags=re.M)
     assert set(tta.available_methods()) <= set(listed)
+
+
+def test_methods_command_lists_every_method_and_option(capsys):
+    from tta.cli import main
+    from tta.registry import NORMS, OBJECTIVES
+
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    for method in [*NORMS.values(), *OBJECTIVES.values()]:
+        assert f"{method.name}: {method.description}" in out
+        for key, opt in method.options.items():
+            assert f"    {key} = {opt.default!r}" in out

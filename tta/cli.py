@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 # Each module listed here defines ``register(subparsers)``, which adds its sub-command and sets
 # ``func`` (a callable taking the parsed arguments and returning an exit code) as a default.
 COMMANDS = [
+    "tta.commands.methods",
     "tta.commands.run",
     "tta.commands.demo",
     "tta.commands.train",
@@ -22,6 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tta", description="Test-time adaptation of image classifiers."
     )
+    from tta import __version__
+
+    parser.add_argument("--version", action="version", version=f"tta {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in COMMANDS:
         importlib.import_module(module).register(sub)
