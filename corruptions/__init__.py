@@ -9,6 +9,6 @@ Standalone: depends only on torch, numpy and Pillow, never on ``tta``.
 
 from __future__ import annotations
 
-from corruptions.api import GROUPS, corrupt, names
+from corruptions.api import GROUPS, corrupt, names, seed_for
 
-__all__ = ["GROUPS", "corrupt", "names"]
+__all__ = ["GROUPS", "corrupt", "names", "seed_for"]

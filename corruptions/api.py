@@ -8,6 +8,7 @@ numpy uint8 array (B, H, W, 3) (returned as uint8, truncated like the reference 
 from __future__ import annotations
 
 import difflib
+import zlib
 from typing import Callable, Optional, Union
 
 import numpy as np
@@ -202,3 +203,15 @@ def _run(fn: Fn, images: Images, sev: int, gen: torch.Generator) -> Images:
         else:
             out[start : start + CHUNK] = y.to(images.dtype)
     return out
+
+
+def seed_for(seed: int, name: str, severity: int) -> int:
+    """Independent seed per (corruption, severity) derived from one run seed.
+
+    ``tta corrupt`` and on-the-fly corruption in evaluation runs both draw from
+    ``torch.Generator().manual_seed(seed_for(seed, name, severity))``, so the same seed gives the
+    same corrupted images either way, and a rerun or a subset reproduces each block.
+    """
+    return int(
+        np.random.SeedSequence([seed, zlib.crc32(name.encode()), severity]).generate_state(1)[0]
+    )

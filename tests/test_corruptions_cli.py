@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import corruptions
+from corruptions import seed_for
 from tta.cli import main
-from tta.commands.corrupt import seed_for
 
 N = 10
 

@@ -212,3 +212,22 @@ def test_shipped_configs_validate():
     for path in sorted(Path(__file__).parent.parent.glob("configs/*.yaml")):
         cfg = load_config(path)
         assert cfg["methods"], path
+
+
+def test_on_the_fly_corruption_equals_tta_corrupt_output(tmp_path):
+    """A config's `data.source: corrupt` and `tta corrupt --seed` make the same images."""
+    from tta.commands.corrupt import write_dataset
+    from tta.data import CIFARC
+    from tta.evaluation import corrupted_domains
+
+    rng = np.random.default_rng(0)
+    n = 2100  # more than one block of `tta corrupt`, so block boundaries are exercised
+    images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, n)
+    names = ["gaussian_noise", "glass_blur"]
+    write_dataset(images, labels, str(tmp_path / "c"), names, [1, 2, 3, 4, 5], 7, progress=False)
+    written = CIFARC(tmp_path / "c", corruptions=names, severities=[2, 5])
+    fly = corrupted_domains(images, labels, names, [2, 5], seed=7)
+    for a, b in zip(written, fly):
+        assert a.name == b.name
+        assert np.array_equal(a.read_raw(np.arange(n)), b.read_raw(np.arange(n)))

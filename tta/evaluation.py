@@ -12,7 +12,6 @@ import platform
 import re
 import shutil
 import time
-import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional
@@ -56,13 +55,13 @@ def corrupted_domains(
     images: np.ndarray, labels: np.ndarray, names: list[str], severities: list[int], seed: int
 ) -> list[Domain]:
     """Corrupt a clean uint8 NHWC set once per (corruption, severity), each with its own seeded
-    generator, and wrap the results as in-memory domains."""
+    generator (the same images ``tta corrupt --seed`` writes), and wrap them as in-memory domains."""
     import corruptions
 
     domains = []
     for name in names:
         for severity in severities:
-            gen = torch.Generator().manual_seed(zlib.crc32(f"{seed}/{name}/{severity}".encode()))
+            gen = torch.Generator().manual_seed(corruptions.seed_for(seed, name, severity))
             out = corruptions.corrupt(images, name, severity, generator=gen)
             domains.append(ArrayDomain(out, labels, f"{name}-{severity}", name, severity))
     return domains

@@ -24,7 +24,6 @@ import hashlib
 import json
 import os
 import pickle
-import zlib
 from typing import Any
 
 import numpy as np
@@ -32,8 +31,11 @@ import torch
 from tqdm import tqdm
 
 import corruptions
+from tta._io import atomic_write, write_json
 
-BLOCK = 2000  # images per corrupt() call: progress granularity
+# Images per corrupt() call (progress granularity). A multiple of corrupt()'s own chunk, so the
+# generator is consumed exactly as in one call over the whole set.
+BLOCK = 8 * corruptions.api.CHUNK
 _EXPAND = {"all": corruptions.names(), "benchmark": corruptions.names("benchmark")}
 
 
@@ -187,24 +189,12 @@ def _fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
     return h.hexdigest()[:16]
 
 
-def seed_for(seed: int, name: str, severity: int) -> int:
-    """Independent seed per (corruption, severity): a rerun or a subset reproduces each block."""
-    return int(
-        np.random.SeedSequence([seed, zlib.crc32(name.encode()), severity]).generate_state(1)[0]
-    )
-
-
 def _atomic_save(path: str, array: np.ndarray) -> None:
-    tmp = f"{path}.partial-{os.getpid()}.npy"
-    np.save(tmp, array)
-    os.replace(tmp, path)
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
 
-
-def _write_text(path: str, text: str) -> None:
-    tmp = f"{path}.partial-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    atomic_write(path, write)
 
 
 def _check_manifest(out: str, manifest: dict) -> None:
@@ -223,7 +213,7 @@ def _check_manifest(out: str, manifest: dict) -> None:
                 f"{out!r} was written with other settings ({details}); use another --out or "
                 "delete that folder"
             )
-    _write_text(path, json.dumps(manifest, indent=2) + "\n")
+    write_json(path, manifest)
 
 
 def _fill(
@@ -234,7 +224,7 @@ def _fill(
     shape = (len(severities) * n, 32, 32, 3)
     result = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
     for k, severity in enumerate(severities):
-        gen = torch.Generator().manual_seed(seed_for(seed, name, severity))
+        gen = torch.Generator().manual_seed(corruptions.seed_for(seed, name, severity))
         for start in range(0, n, BLOCK):
             block = images[start : start + BLOCK]
             rows = slice(k * n + start, k * n + start + len(block))
