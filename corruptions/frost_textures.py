@@ -18,7 +18,8 @@ FILES = ("frost1.png", "frost2.png", "frost3.png", "frost4.jpg", "frost5.jpg")
 
 INSTALL_HINT = (
     "frost needs the texture files shipped in the 'imagecorruptions' package: "
-    'pip install --no-deps imagecorruptions (or pip install "tta[frost]")'
+    "pip install --no-deps imagecorruptions (only its texture files are used; the tta[frost] "
+    "extra installs it with its own dependencies, opencv-python and scikit-image)"
 )
 
 

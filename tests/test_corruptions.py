@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import corruptions
 from corruptions import geometric
-from corruptions._ops import Draw
+from corruptions._ops import TRUNC_EPS, Draw
 from corruptions.params import params
 
 BENCHMARK = [
@@ -69,7 +69,7 @@ def test_uint8_path_is_the_truncated_float_path(name):
     assert out_u.dtype == np.uint8 and out_u.shape == u.shape
     assert out_f.dtype == torch.float32 and out_f.shape == xu.shape
     assert 0 <= float(out_f.min()) and float(out_f.max()) <= 1
-    expected = torch.floor(out_f * 255 + 1e-3).permute(0, 2, 3, 1).numpy()
+    expected = torch.floor(out_f * 255 + TRUNC_EPS).permute(0, 2, 3, 1).numpy()
     np.testing.assert_array_equal(out_u, expected.astype(np.uint8))
 
 

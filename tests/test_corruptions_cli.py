@@ -134,3 +134,16 @@ def test_missing_or_malformed_source(tmp_path, capsys):
     np.savez(tmp_path / "keys.npz", pics=np.zeros((2, 32, 32, 3), np.uint8))
     assert main(["corrupt", str(tmp_path / "keys.npz"), "--out", str(tmp_path / "o")]) == 1
     assert "no images array: expected one of 'images', 'x', found 'pics'" in capsys.readouterr().err
+
+
+def test_stale_partial_files_of_a_killed_run_are_removed(tmp_path):
+    from tta.commands.corrupt import write_dataset
+
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = out / ".gaussian_noise.npy.partial-12345"
+    stale.write_bytes(b"half a file")
+    images = np.zeros((4, 32, 32, 3), dtype=np.uint8)
+    write_dataset(images, np.arange(4), str(out), ["contrast"], [1, 2, 3, 4, 5], 0, progress=False)
+    assert not stale.exists()
+    assert sorted(p.name for p in out.iterdir()) == ["contrast.npy", "labels.npy", "manifest.json"]

@@ -4,6 +4,7 @@ its errors, normalisation inside the model, and tta.adapt on every model kind.""
 from __future__ import annotations
 
 import argparse
+import warnings
 from collections import OrderedDict
 
 import numpy as np
@@ -426,3 +427,13 @@ def test_normalized_model_is_a_plain_sequential():
     model = load_model("resnet8")
     assert isinstance(model, NormalizedModel) and isinstance(model, nn.Sequential)
     assert [n for n, _ in model.named_children()] == ["normalize", "model"]
+
+
+def test_raw_checkpoint_without_normalisation_warns(tmp_path):
+    path = tmp_path / "raw.pt"
+    torch.save(load_model("resnet8").model.state_dict(), path)
+    with pytest.warns(UserWarning, match="records no input normalisation"):
+        load_model("resnet8", path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_model("resnet8", path, mean=[0.5] * 3, std=[0.25] * 3)

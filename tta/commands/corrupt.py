@@ -263,6 +263,8 @@ def write_dataset(
     label_name = "labels.npy" if severities == [1, 2, 3, 4, 5] else "subset_labels.npy"
     _atomic_save(os.path.join(out, label_name), tiled)
 
+    for stale in glob.glob(os.path.join(out, ".*.npy.partial-*")):  # left by a killed run
+        os.remove(stale)
     todo = [name for name in names if not os.path.isfile(os.path.join(out, f"{name}.npy"))]
     bar = tqdm(
         total=len(todo) * len(severities) * n, unit="img", desc="corrupt", disable=not progress
@@ -270,7 +272,7 @@ def write_dataset(
     for name in todo:
         bar.set_postfix_str(name)
         path = os.path.join(out, f"{name}.npy")
-        tmp = f"{path}.partial-{os.getpid()}.npy"
+        tmp = os.path.join(out, f".{name}.npy.partial-{os.getpid()}")  # hidden, not *.npy
         try:
             _fill(tmp, images, name, severities, seed, bar)
             os.replace(tmp, path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Optional
 
 import torch
@@ -115,6 +116,13 @@ def load_model(
         load_into(network, state_dict, where, classifier=key)
     mean = _resolve_stats("mean", mean, ck_mean, known, where)
     std = _resolve_stats("std", std, ck_std, known, where)
+    if state_dict is not None and not known and mean is None and spec != "wrn28_10":
+        warnings.warn(
+            f"{where} records no input normalisation and no mean/std was given, so the model "
+            "takes raw [0, 1] images; if it was trained on normalised inputs pass mean= and "
+            "std= (e.g. tta.models.CIFAR10_MEAN / CIFAR10_STD), or accuracy drops silently",
+            stacklevel=2,
+        )
     key = classifier_key(network)
     found_classes = int(network.state_dict()[key].shape[0]) if key else classes
     model = NormalizedModel(network, mean, std, spec, found_classes, options)
