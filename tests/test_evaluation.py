@@ -231,3 +231,13 @@ def test_on_the_fly_corruption_equals_tta_corrupt_output(tmp_path):
     for a, b in zip(written, fly):
         assert a.name == b.name
         assert np.array_equal(a.read_raw(np.arange(n)), b.read_raw(np.arange(n)))
+
+
+def test_unmix_tns_gets_the_stream_batch_size_and_the_run_seed():
+    from tta.evaluation import method_options
+
+    entry = {"name": "tent", "label": "tent+unmix-tns", "options": {"norm": "unmix-tns"}}
+    assert method_options(entry, 5, 64) == {"norm": "unmix-tns", "seed": 5, "batch_size": 64}
+    given = {"name": "unmix-tns", "label": "u", "options": {"batch_size": 200, "seed": 1}}
+    assert method_options(given, 5, 64) == {"batch_size": 200, "seed": 1}
+    assert method_options({"name": "tbn", "label": "tbn", "options": {}}, 5, 64) == {}

@@ -428,3 +428,15 @@ def test_unmix_bn1d_with_length_adapts():
     mean, var = ref_instance_stats(x)
     close(adapted(x), ref_normalize(x, mean, var, bn), tol=2e-5)
     assert not torch.allclose(adapted(x), bn(x), atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_statistics_are_summed_in_float32(dtype):
+    from tta.norms.base import batch_stats
+
+    x = 3.0 + torch.randn(64, 16, 32, 32, generator=torch.Generator().manual_seed(0))
+    mean, var = batch_stats(x.to(dtype))
+    assert mean.dtype == dtype and var.dtype == dtype
+    ref_var, ref_mean = torch.var_mean(x.to(dtype).double(), dim=(0, 2, 3), unbiased=False)
+    torch.testing.assert_close(mean.double(), ref_mean, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(var.double(), ref_var, rtol=1e-2, atol=1e-2)

@@ -68,7 +68,8 @@ def corrupted_domains(
 
 
 def build_domains(data: Mapping[str, Any], seed: int) -> list[Domain]:
-    """The domains a config's ``data`` section names, in the standard corruption order."""
+    """The domains a config's ``data`` section names: the corruptions in the order given (the
+    standard order when none are named), each at every listed severity."""
     source, names, sev = data["source"], data["corruptions"], list(data["severities"])
     if source in ("cifar-c", "imagenet-c"):
         if not data["root"]:
@@ -95,14 +96,17 @@ def build_domains(data: Mapping[str, Any], seed: int) -> list[Domain]:
     return domains
 
 
-def method_options(entry: Mapping[str, Any], seed: int) -> dict[str, Any]:
-    """The entry's options, with the run's seed for methods that draw random numbers."""
+def method_options(entry: Mapping[str, Any], seed: int, batch_size: int) -> dict[str, Any]:
+    """The entry's options, completed from the run: its seed for methods that draw random numbers
+    and the stream's batch size for methods whose update rate depends on it (UnMix-TNS's λ must
+    not change on a domain's last, shorter batch)."""
     options = dict(entry["options"])
     objective, norm = registry.lookup(entry["name"])
     if objective is not None:
         norm = registry.get_norm(options.get("norm", objective.default_norm))
-    if "seed" in norm.options and "seed" not in options:
-        options["seed"] = seed
+    for key, value in (("seed", seed), ("batch_size", batch_size)):
+        if key in norm.options and key not in options:
+            options[key] = value
     return options
 
 
@@ -189,14 +193,13 @@ def evaluate(
         model = tta.load_model(
             m["spec"], m["checkpoint"], num_classes=m["num_classes"], mean=m["mean"], std=m["std"]
         )
-    model = model.eval()
     domains = build_domains(config["data"], seed)
     s = config["stream"]
     stream = make_stream(domains, s["order"], s["delta"], s["schedule"], s["batch_size"], seed)
     names = stream.domain_names
     units: dict[str, list[dict[str, Any]]] = {}
     for entry in entries:
-        options = method_options(entry, seed)
+        options = method_options(entry, seed, s["batch_size"])
         units[entry["label"]] = []
         for segment in stream.segments():
             path = out / "units" / _safe(entry["label"]) / f"{_safe(segment.name)}.json"

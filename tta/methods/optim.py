@@ -49,7 +49,8 @@ def adapt_step(adapted: AdaptedModel, x: torch.Tensor) -> torch.Tensor:
     """Predict ``x`` and take ``steps`` optimiser steps on the objective.
 
     The returned logits are those of the first forward, the one that computed the first loss,
-    i.e. the prediction made before this batch's update.
+    i.e. the prediction made before this batch's update. Every step is a full forward, so with
+    ``steps > 1`` a stateful norm underneath (rbn, unmix-tns) updates its statistics once per step.
     """
     o = adapted.optim_options
     if o["episodic"]:

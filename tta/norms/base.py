@@ -23,15 +23,19 @@ def moments(x: torch.Tensor, dims: tuple[int, ...]) -> tuple[torch.Tensor, torch
     """Mean and biased variance over ``dims`` (differentiable).
 
     Computed from the sums of x and x² (var = E[x²] − E[x]²): on CPU these plain reductions run
-    many times faster than ``torch.var_mean``'s one-pass kernel (benchmarks/overhead.py).
+    many times faster than ``torch.var_mean``'s one-pass kernel (benchmarks/overhead.py). The form
+    loses precision only when |mean| is hundreds of times the std, which BatchNorm inputs are not.
+    Half-precision inputs are summed in float32 (their x² sums would overflow float16).
     """
     n = 1
     for d in dims:
         n *= x.shape[d]
     inv = 1.0 / n
-    mean = x.sum(dims) * inv
-    var = ((x * x).sum(dims) * inv - mean * mean).clamp_min(0.0)
-    return mean, var
+    low = x.dtype in (torch.float16, torch.bfloat16)
+    xs = x.float() if low else x
+    mean = xs.sum(dims) * inv
+    var = ((xs * xs).sum(dims) * inv - mean * mean).clamp_min(0.0)
+    return (mean.to(x.dtype), var.to(x.dtype)) if low else (mean, var)
 
 
 def batch_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
