@@ -11,6 +11,7 @@ plain model's median. Default network: WRN-16-4 at 32×32 (CIFAR-style).
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 
@@ -18,6 +19,7 @@ import torch
 
 import tta
 from tta.models.wide_resnet import WideResNet
+from tta.norms import UnMixTNS
 
 STATS_METHODS = ["source", "tbn", "alpha-bn", "rbn", "unmix-tns"]
 GRADIENT_METHODS = ["tent", "core"]
@@ -56,6 +58,37 @@ def measure(batch_size: int, repeats: int, methods: list[str]) -> dict[str, floa
     return {"plain_ms": base * 1e3, **{n: statistics.median(times[n]) / base for n in methods}}
 
 
+class NaiveMixture(UnMixTNS):
+    """UnMix-TNS with the mixture statistics computed as written in SPEC §1 step 3-4, through
+    (B, K, C) tensors (as the official code does), for comparison with our (B, K) x (K, C) form."""
+
+    def mixture_stats(self, inst_mean, inst_var, p):
+        pk = p[:, :, None]
+        mu_hat = (1 - pk) * self.component_mean[None] + pk * inst_mean[:, None]
+        var_hat = (1 - pk) * self.component_var[None] + pk * inst_var[:, None]
+        mean = mu_hat.mean(1)
+        return mean, var_hat.mean(1) + (mu_hat * mu_hat).mean(1) - mean * mean
+
+
+def compare_mixture(batch_size: int, k: int, repeats: int) -> float:
+    """Time per batch of the naive (B, K, C) UnMix-TNS divided by ours, interleaved."""
+    net = network()
+    ours = tta.adapt(net, "unmix-tns", num_components=k, batch_size=batch_size)
+    naive = copy.deepcopy(ours)
+    for layer in naive.model.modules():
+        if isinstance(layer, UnMixTNS):
+            layer.__class__ = NaiveMixture
+    x = torch.rand(batch_size, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    times: dict[str, list[float]] = {"ours": [], "naive": []}
+    for r in range(repeats + 3):
+        for name, run in (("ours", ours), ("naive", naive)):
+            start = time.perf_counter()
+            run(x)
+            if r >= 3:
+                times[name].append(time.perf_counter() - start)
+    return statistics.median(times["naive"]) / statistics.median(times["ours"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 1])
@@ -69,6 +102,11 @@ def main() -> None:
         res = measure(bs, args.repeats, methods)
         cells = [f"{res[m]:.2f}x" if m in res else "-" for m in STATS_METHODS + GRADIENT_METHODS]
         print(f"| {bs} | {res['plain_ms']:.1f} | " + " | ".join(cells) + " |")
+    print("\nUnMix-TNS, (B, K, C) form of the reference code vs ours (time ratio, >1: ours faster)")
+    print("| batch | K | naive / ours |\n|---|---|---|")
+    for bs in args.batch_sizes:
+        for k in (16, 128):
+            print(f"| {bs} | {k} | {compare_mixture(bs, k, args.repeats):.2f}x |")
 
 
 if __name__ == "__main__":
