@@ -10,6 +10,7 @@ from torch import nn
 
 from tta import registry
 from tta._errors import did_you_mean
+from tta.methods.optim import adapt_step, build_optimizer, split_objective_options
 from tta.norms.base import AdaptiveNorm
 from tta.options import resolve
 from tta.swap import find_batchnorms, replace_batchnorms
@@ -55,8 +56,6 @@ class AdaptedModel(nn.Module):
         self.objective_options = dict(objective_options or {})
         self.optimizer: Optional[torch.optim.Optimizer] = None
         if objective is not None:
-            from tta.methods.optim import build_optimizer, split_objective_options
-
             params = [
                 p
                 for layer in layers.values()
@@ -130,8 +129,6 @@ class AdaptedModel(nn.Module):
         if self.objective is None:
             with torch.no_grad():
                 return self.model(x)
-        from tta.methods.optim import adapt_step
-
         return adapt_step(self, x)
 
     def extra_repr(self) -> str:

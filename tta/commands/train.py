@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from tta.models.data import load_dataset
+from tta.models.registry import describe
 from tta.models.train import OPTIMIZERS, train_model
 
 
@@ -37,6 +38,9 @@ def register(subparsers: Any) -> None:
             "count and input normalisation. Example: tta train --model resnet8 --data mnist5k "
             "--no-flip --epochs 6 --batch-size 32 --lr 0.05 --out mnist_resnet8.pt"
         ),
+        epilog="model specs: "
+        + "; ".join(f"{name}: {text}" for name, text in describe().items())
+        + "; timm:<name> and torchvision:<name> (built without downloads)",
     )
     parser.add_argument(
         "--model", required=True, help="model spec, e.g. resnet8, resnet26, wrn28_10, timm:resnet18"

@@ -13,8 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from tta.data.dataset_domain import image_to_raw, stack_raw
-from tta.data.domain import Domain, Raw
+from tta.data.dataset_domain import TorchvisionDomain
 from tta.data.names import (
     ALL_CORRUPTIONS,
     check_corruptions,
@@ -37,8 +36,26 @@ def default_transform() -> Callable[[Any], Any]:
     return transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224)])
 
 
-class ImageFolderDomain(Domain):
-    """Images listed as file paths with labels, decoded with Pillow when a batch asks for them."""
+class ImageFiles:
+    """Image files with labels as a map-style dataset: item i is (file i as RGB PIL, label i)."""
+
+    def __init__(self, files: Sequence[str], labels: Any):
+        self.files = list(files)
+        self.targets = np.asarray(labels, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        from PIL import Image
+
+        with Image.open(self.files[i]) as im:
+            return im.convert("RGB"), int(self.targets[i])
+
+
+class ImageFolderDomain(TorchvisionDomain):
+    """Images listed as file paths with labels, decoded with Pillow when a batch asks for them
+    (a ``TorchvisionDomain`` over ``ImageFiles``)."""
 
     def __init__(
         self,
@@ -49,32 +66,13 @@ class ImageFolderDomain(Domain):
         corruption: str | None = None,
         severity: int | None = None,
     ):
-        super().__init__(name, corruption, severity)
         if len(files) != len(labels):
             raise ValueError(
                 f"domain {name!r} lists {len(files)} files but {len(labels)} labels; they must match."
             )
-        self.files = list(files)
-        self.transform = transform
-        self._labels = np.asarray(labels, dtype=np.int64)
-        self._labels.setflags(write=False)
-
-    @property
-    def labels(self) -> np.ndarray:
-        return self._labels
-
-    def _read(self, rows: np.ndarray) -> Raw:
-        from PIL import Image
-
-        # JPEG decoding is per file; there is no batched decoder to call instead.
-        images = []
-        for i in rows.tolist():
-            with Image.open(self.files[i]) as im:
-                im = im.convert("RGB")
-                if self.transform is not None:
-                    im = self.transform(im)
-                images.append(image_to_raw(im, f"{self.files[i]!r}"))
-        return stack_raw(images, self.name)
+        dataset = ImageFiles(files, labels)
+        super().__init__(dataset, name, dataset.targets, transform, corruption, severity)
+        self.files = dataset.files
 
 
 def ImageNetC(

@@ -40,6 +40,7 @@ def spec_names() -> list[str]:
 
 
 def describe() -> dict[str, str]:
+    """One line per built-in spec (shown by ``tta train --help``)."""
     return {name: entry[2] for name, entry in _CIFAR.items()}
 
 
