@@ -6,6 +6,22 @@ import difflib
 from collections.abc import Iterable
 
 
+class TTAError(ValueError):
+    """A user error: a bad config key, option, data file, path or model.
+
+    Its message names the culprit and what would be valid. The ``tta`` command line prints it on
+    one line; any other exception is a bug in tta and shows its traceback.
+    """
+
+
+class TTATypeError(TTAError, TypeError):
+    """A user error about a value's type (an option given as text where a number is expected)."""
+
+
+class TTAFileNotFoundError(TTAError, FileNotFoundError):
+    """A file or folder the user named does not exist."""
+
+
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """Return " Did you mean 'x'?" for the closest valid choice, or "" when none is close."""
     match = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.5)
