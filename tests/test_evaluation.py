@@ -234,10 +234,23 @@ def test_on_the_fly_corruption_equals_tta_corrupt_output(tmp_path):
 
 
 def test_unmix_tns_gets_the_stream_batch_size_and_the_run_seed():
-    from tta.evaluation import method_options
+    """The run context fills UnMix-TNS's unset seed and batch size; explicit options win."""
+    from tta.methods.base import RunContext
 
-    entry = {"name": "tent", "label": "tent+unmix-tns", "options": {"norm": "unmix-tns"}}
-    assert method_options(entry, 5, 64) == {"norm": "unmix-tns", "seed": 5, "batch_size": 64}
-    given = {"name": "unmix-tns", "label": "u", "options": {"batch_size": 200, "seed": 1}}
-    assert method_options(given, 5, 64) == {"batch_size": 200, "seed": 1}
-    assert method_options({"name": "tbn", "label": "tbn", "options": {}}, 5, 64) == {}
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(3))
+    net(torch.rand(2, 3, 8, 8))
+    net.eval()
+
+    def layer(adapted):
+        return next(m for m in adapted.modules() if type(m).__name__ == "UnMixTNS")
+
+    ctx = RunContext(seed=5, batch_size=64)
+    by_context = layer(tta.adapt(net, "tent", ctx, norm="unmix-tns"))
+    by_options = layer(tta.adapt(net, "tent", norm="unmix-tns", seed=5, batch_size=64))
+    assert torch.equal(by_context.components, by_options.components)
+    assert by_context.batch_size == 64
+    given = layer(tta.adapt(net, "unmix-tns", ctx, batch_size=200, seed=1))
+    assert given.batch_size == 200
+    assert torch.equal(given.components, layer(tta.adapt(net, "unmix-tns", seed=1)).components)
+    assert not torch.equal(given.components, by_context.components)

@@ -34,11 +34,11 @@ def test_every_readme_method_is_registered():
 
 def test_methods_command_lists_every_method_and_option(capsys):
     from tta.cli import main
-    from tta.registry import NORMS, OBJECTIVES
+    from tta.registry import METHODS, NORMS
 
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
-    for method in [*NORMS.values(), *OBJECTIVES.values()]:
+    for method in [*NORMS.values(), *METHODS.values()]:
         assert f"{method.name}: {method.description}" in out
         for key, opt in method.options.items():
             assert f"    {key} = {opt.default!r}" in out

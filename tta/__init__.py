@@ -7,8 +7,9 @@ returns a module that predicts and adapts online as batches pass.
 from __future__ import annotations
 
 from tta import methods, norms  # noqa: F401  (registers every method)
+from tta.methods import GradientMethod, Method, RunContext
 from tta.models import load_model, train_model  # noqa: F401
-from tta.registry import available_methods
+from tta.registry import available_methods, register_method
 from tta.wrapper import AdaptedModel, adapt
 
 
@@ -23,9 +24,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AdaptedModel",
+    "GradientMethod",
+    "Method",
+    "RunContext",
     "adapt",
     "available_methods",
     "evaluate",
     "load_model",
+    "register_method",
     "train_model",
 ]

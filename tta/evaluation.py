@@ -21,10 +21,10 @@ import torch
 from tqdm.auto import tqdm
 
 import tta
-from tta import registry
 from tta._io import read_json, write_json
 from tta.config import method_entries, resolve_config
 from tta.data import CIFARC, ArrayDomain, Domain, ImageNetC, Segment, make_stream
+from tta.methods.base import RunContext
 
 
 class SubsetDomain(Domain):
@@ -94,20 +94,6 @@ def build_domains(data: Mapping[str, Any], seed: int) -> list[Domain]:
     if data["num_samples"]:
         domains = [SubsetDomain(d, subset_rows(len(d), data["num_samples"], seed)) for d in domains]
     return domains
-
-
-def method_options(entry: Mapping[str, Any], seed: int, batch_size: int) -> dict[str, Any]:
-    """The entry's options, completed from the run: its seed for methods that draw random numbers
-    and the stream's batch size for methods whose update rate depends on it (UnMix-TNS's λ must
-    not change on a domain's last, shorter batch)."""
-    options = dict(entry["options"])
-    objective, norm = registry.lookup(entry["name"])
-    if objective is not None:
-        norm = registry.get_norm(options.get("norm", objective.default_norm))
-    for key, value in (("seed", seed), ("batch_size", batch_size)):
-        if key in norm.options and key not in options:
-            options[key] = value
-    return options
 
 
 def resolve_device(name: str) -> torch.device:
@@ -199,12 +185,15 @@ def evaluate(
     names = stream.domain_names
     units: dict[str, list[dict[str, Any]]] = {}
     for entry in entries:
-        options = method_options(entry, seed, s["batch_size"])
+        # The run context gives every method the run's seed and the stream's batch size (so
+        # UnMix-TNS's λ does not change on a domain's last, shorter batch).
+        context = RunContext(seed=seed, batch_size=s["batch_size"], device=device)
         units[entry["label"]] = []
         for segment in stream.segments():
             path = out / "units" / _safe(entry["label"]) / f"{_safe(segment.name)}.json"
             if not path.exists():
-                adapted = tta.adapt(model, entry["name"], **options).to(device)
+                options = entry["options"]
+                adapted = tta.adapt(model, entry["name"], context, **options).to(device)
                 result = run_unit(
                     adapted, segment, len(names), device, f"{entry['label']} | {segment.name}"
                 )

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from tta._errors import did_you_mean
+from tta._errors import TTAError, TTATypeError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -56,18 +57,20 @@ def _coerce(owner: str, key: str, opt: Option, value: Any) -> Any:
         value, ok = tuple(value), True
     if not ok:
         kind = want.__name__ + (" or None" if opt.nullable else "")
-        raise TypeError(
+        raise TTATypeError(
             f"option {key!r} of {owner} must be {kind}, got {value!r} ({type(value).__name__})"
         )
     if opt.choices is not None and value not in opt.choices:
-        raise ValueError(
+        raise TTAError(
             f"option {key!r} of {owner} must be one of {list(opt.choices)}, got {value!r}."
             f"{did_you_mean(value, opt.choices)}"
         )
     if opt.check is not None:
         problem = opt.check(value)
         if problem:
-            raise ValueError(f"option {key!r} of {owner} {problem}, got {value!r}")
+            raise TTAError(f"option {key!r} of {owner} {problem}, got {value!r}")
+    if want is float and not math.isfinite(value):
+        raise TTAError(f"option {key!r} of {owner} must be a finite number, got {value!r}")
     return value
 
 
@@ -77,7 +80,7 @@ def resolve(owner: str, schema: Mapping[str, Option], given: Mapping[str, Any]) 
     if unknown:
         key = unknown[0]
         valid = ", ".join(sorted(schema)) or "(none)"
-        raise TypeError(
+        raise TTATypeError(
             f"unknown option {key!r} for {owner}.{did_you_mean(key, schema)} Valid options: {valid}."
         )
     return {

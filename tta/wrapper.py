@@ -9,20 +9,32 @@ import torch
 from torch import nn
 
 from tta import registry
-from tta._errors import did_you_mean
-from tta.methods.optim import adapt_step, build_optimizer, split_objective_options
-from tta.norms.base import AdaptiveNorm
+from tta._errors import TTAError, TTATypeError, did_you_mean
+from tta.methods.base import Method, NormOnly, RunContext
+from tta.methods.optim import check_optimizer_options
 from tta.options import resolve
 from tta.swap import find_batchnorms, replace_batchnorms
+
+
+def _check_logits(module: nn.Module, inputs: Any, output: Any) -> None:
+    """Forward hook on the wrapped network: methods and scoring need the logits as a tensor."""
+    if not isinstance(output, torch.Tensor):
+        raise TTAError(
+            f"model {type(module).__name__} returned a {type(output).__name__}; tta needs its "
+            "forward to return the logits as one (batch, classes) tensor (wrap the model to pick "
+            "the logits out of the tuple or dict)"
+        )
 
 
 class AdaptedModel(nn.Module):
     """A copy of a network whose BatchNorm layers adapt to the test batches passing through it.
 
-    ``forward`` returns the prediction for the batch and adapts (statistics, components, and for
-    gradient methods one or more optimiser steps on the norm layers' γ, β). ``reset()`` restores
-    the state right after wrapping bit for bit. The wrapped network always runs in eval mode
-    (dropout and stochastic depth off), whatever ``train()``/``eval()`` is called on the wrapper.
+    It holds the copy (``model``), its norm layers (``adapted_layers``, from the one BN swap) and
+    one method object (``method``, a ``tta.methods.Method``). ``forward`` returns the prediction
+    for the batch and adapts. ``reset()`` restores the state right after wrapping bit for bit:
+    norm layers, trained parameters, the method's buffers, optimiser and ``state_vars``. The
+    wrapped network always runs in eval mode (dropout and stochastic depth off), whatever
+    ``train()``/``eval()`` is called on the wrapper.
     """
 
     def __init__(
@@ -31,92 +43,77 @@ class AdaptedModel(nn.Module):
         method: str,
         norm: registry.NormMethod,
         norm_options: dict[str, Any],
-        objective: Optional[registry.Objective] = None,
-        objective_options: Optional[dict[str, Any]] = None,
+        method_class: Optional[type[Method]] = None,
+        method_options: Optional[dict[str, Any]] = None,
+        context: Optional[RunContext] = None,
     ):
         super().__init__()
-        self.method = method
+        context = context or RunContext()
+        self.method_name = method
         self.norm_method = norm.name
-        if objective is None:
+        if method_class is None:
             self.options = dict(norm_options)
-        else:  # the same names tta.adapt takes: norm=, objective options, norm options
-            clash = {
-                f"norm_{k}" if k in objective_options else k: v for k, v in norm_options.items()
-            }
-            self.options = {"norm": norm.name, **objective_options, **clash}
+        else:  # the same names tta.adapt takes: norm=, method options, norm options
+            clash = {f"norm_{k}" if k in method_options else k: v for k, v in norm_options.items()}
+            self.options = {"norm": norm.name, **method_options, **clash}
         self.model = copy.deepcopy(model)
-        kwargs = norm.layer_kwargs(norm_options)
+        kwargs = norm.layer_kwargs(norm_options, context)
         layers = replace_batchnorms(
             self.model, lambda name, bn, post: norm.layer(bn, name=name, post=post, **kwargs)
         )
         self.model.eval()
         self.model.requires_grad_(False)
+        self.model.register_forward_hook(_check_logits)
         self.adapted_layers = list(layers)
-        self.objective = objective
-        self.objective_options = dict(objective_options or {})
-        self.optimizer: Optional[torch.optim.Optimizer] = None
-        if objective is not None:
-            params = [
-                p
-                for layer in layers.values()
-                if isinstance(layer, AdaptiveNorm)
-                for p in (layer.weight, layer.bias)
-                if p is not None
-            ]
-            if not params:
-                raise ValueError(
-                    f"method {method!r} trains the BatchNorm affine parameters, but no BatchNorm "
-                    "layer of this model has any (affine=False everywhere)"
-                )
-            for p in params:
-                p.requires_grad_(True)
-            self.optim_options, self.loss_options = split_objective_options(self.objective_options)
-            self.optimizer = build_optimizer(params, self.optim_options)
+        cls = method_class or NormOnly
+        self.method = cls(self.model, layers, dict(method_options or {}), context)
+        self.method.prepare()
         self._initial = self._snapshot()
+
+    @property
+    def optimizer(self) -> Optional[torch.optim.Optimizer]:
+        return self.method.optimizer
 
     # -- state -------------------------------------------------------------------------------
     def _mutable_names(self) -> list[str]:
-        """state_dict keys of everything adaptation can change: the adapted norm layers."""
-        prefixes = tuple(f"model.{name}." for name in self.adapted_layers)
-        return [k for k in self.state_dict(keep_vars=True) if k.startswith(prefixes)]
+        """state_dict keys of everything adaptation can change: the adapted norm layers, the
+        parameters the method trains and the method's own buffers."""
+        prefixes = tuple(f"model.{name}." for name in self.adapted_layers) + ("method.",)
+        trained = {f"model.{n}" for n in self.method.trainable_names()}
+        return [
+            k
+            for k, v in self.state_dict(keep_vars=True).items()
+            if (k.startswith(prefixes) or k in trained) and isinstance(v, torch.Tensor)
+        ]
 
     def _snapshot(self) -> dict[str, Any]:
         state = self.state_dict(keep_vars=True)
         tensors = {k: state[k].detach().clone() for k in self._mutable_names()}
-        opt = copy.deepcopy(self.optimizer.state_dict()) if self.optimizer else None
-        return {"tensors": tensors, "optimizer": opt}
+        return {"tensors": tensors, "method": copy.deepcopy(self.method.get_extra_state())}
 
     @torch.no_grad()
     def reset(self) -> None:
-        """Restore the state right after wrapping: norm weights, statistics, optimiser."""
+        """Restore the state right after wrapping: norm layers, trained parameters, the method's
+        buffers, optimiser and state variables."""
         state = self.state_dict(keep_vars=True)
         for key, value in self._initial["tensors"].items():
             state[key].copy_(value)
-        if self.optimizer is not None:
-            self.optimizer.load_state_dict(copy.deepcopy(self._initial["optimizer"]))
+        self.method.set_extra_state(copy.deepcopy(self._initial["method"]))
+        self.method.reset()
+        self.method.wants_reset = False
 
     def get_extra_state(self) -> dict[str, Any]:
-        opt = self.optimizer.state_dict() if self.optimizer is not None else None
-        return {"method": self.method, "options": dict(self.options), "optimizer": opt}
+        return {"method": self.method_name, "options": dict(self.options)}
 
     def set_extra_state(self, state: Any) -> None:
         if not isinstance(state, dict) or "method" not in state:
-            raise ValueError("not a tta AdaptedModel state (no 'method' in its extra state)")
-        if state["method"] != self.method or state.get("options") != self.options:
-            raise ValueError(
+            raise TTAError("not a tta AdaptedModel state (no 'method' in its extra state)")
+        if state["method"] != self.method_name or state.get("options") != self.options:
+            raise TTAError(
                 f"state was saved from method {state['method']!r} with options "
-                f"{state.get('options')}, but this model is {self.method!r} with {self.options}"
+                f"{state.get('options')}, but this model is {self.method_name!r} with "
+                f"{self.options}"
             )
-        if self.optimizer is not None and state.get("optimizer") is not None:
-            self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
-
-    def _apply(self, fn, *args, **kwargs):
-        super()._apply(fn, *args, **kwargs)
-        opt = getattr(self, "optimizer", None)
-        if opt is not None and opt.state:
-            # Optimizer.load_state_dict casts state tensors to their parameter's dtype and device
-            opt.load_state_dict(opt.state_dict())
-        return self
 
     def train(self, mode: bool = True) -> AdaptedModel:
         """Only flips the wrapper's flag: the wrapped network stays in eval mode."""
@@ -126,65 +123,83 @@ class AdaptedModel(nn.Module):
 
     # -- forward -----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.objective is None:
-            with torch.no_grad():
-                return self.model(x)
-        return adapt_step(self, x)
+        if self.method.episodic:
+            self.reset()
+        out = self.method.forward_and_adapt(x)
+        if self.method.wants_reset:
+            self.reset()
+        return out
 
     def extra_repr(self) -> str:
-        return f"method={self.method!r}, options={self.options}"
+        return f"method={self.method_name!r}, options={self.options}"
 
 
 def resolve_method(method: str, options: dict[str, Any]) -> tuple[Any, ...]:
     """Check a method name and its options without a model.
 
-    Returns (objective or None, norm method, norm options, objective options or None), every
+    Returns (method class or None, norm method, norm options, method options or None), every
     option filled with its default; raises with the closest valid name for anything unknown.
     """
+    if not isinstance(options, dict):
+        raise TTATypeError(f"options of method {method!r} must be a mapping, got {options!r}")
     options = dict(options)
-    objective, norm = registry.lookup(method)
-    objective_options: Optional[dict[str, Any]] = None
+    method_class, norm = registry.lookup(method)
+    method_options: Optional[dict[str, Any]] = None
     valid = list(norm.options) if norm is not None else []
-    if objective is not None:
-        norm = registry.get_norm(options.pop("norm", objective.default_norm))
+    if method_class is not None:
+        norm_name = options.pop("norm", method_class.default_norm)
+        if not isinstance(norm_name, str):
+            raise TTATypeError(
+                f"option 'norm' of method {method!r} must be a name, got {norm_name!r}"
+            )
+        norm = registry.get_norm(norm_name)
         owner = f"method {method!r} (norm {norm.name!r})"
-        own = {k: options.pop(k) for k in list(options) if k in objective.options}
-        objective_options = resolve(owner, objective.options, own)
-        # A norm option whose name the objective also uses (rbn's momentum) is norm_<name>.
+        schema = method_class.options
+        own = {k: options.pop(k) for k in list(options) if k in schema}
+        method_options = resolve(owner, schema, own)
+        if "optimizer" in schema:
+            check_optimizer_options(owner, own, method_options["optimizer"], norm.options)
+        # A norm option whose name the method also uses (rbn's momentum) is norm_<name>.
         options = {
             k[5:] if k.startswith("norm_") and k[5:] in norm.options else k: v
             for k, v in options.items()
         }
-        valid = ["norm", *objective.options]
-        valid += [f"norm_{k}" if k in objective.options else k for k in norm.options]
+        valid = ["norm", *schema]
+        valid += [f"norm_{k}" if k in schema else k for k in norm.options]
     else:
         owner = f"method {method!r}"
     bad = [k for k in options if k not in norm.options]
     if bad:
-        raise TypeError(
+        raise TTATypeError(
             f"unknown option {bad[0]!r} for {owner}.{did_you_mean(bad[0], valid)} "
             f"Valid options: {', '.join(valid) or '(none)'}."
         )
-    return objective, norm, resolve(owner, norm.options, options), objective_options
+    return method_class, norm, resolve(owner, norm.options, options), method_options
 
 
-def adapt(model: nn.Module, method: str, **options: Any) -> AdaptedModel:
+def adapt(
+    model: nn.Module, method: str, context: Optional[RunContext] = None, **options: Any
+) -> AdaptedModel:
     """Wrap ``model`` (not modified; a copy is adapted) with an adaptation method by name.
 
-    ``tta.available_methods()`` lists the names. Statistics-only methods (``source``, ``tbn``,
-    ``alpha-bn``, ``rbn``, ``unmix-tns``) take their own options; gradient methods (``tent``,
-    ``core``) also take ``norm=`` naming the norm method underneath and that method's options
-    (a norm option named like an optimiser option, such as rbn's ``momentum``, is
-    ``norm_momentum``).
+    ``tta.available_methods()`` lists the names. Norm methods (``source``, ``tbn``,
+    ``alpha-bn``, ``rbn``, ``unmix-tns``) take their own options; the other methods (``tent``,
+    ``core``, ``eata``, ...) also take ``norm=`` naming the norm method underneath and that
+    method's options (a norm option named like one of the method's, such as rbn's ``momentum``,
+    is ``norm_momentum``). ``context`` (a ``tta.RunContext`` or a mapping of its fields) gives the
+    run's seed, stream batch size, number of classes and, for EATA, clean source images.
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(
+        raise TTATypeError(
             f"model must be a torch.nn.Module, got {type(model).__module__}.{type(model).__name__}"
         )
-    objective, norm, norm_options, objective_options = resolve_method(method, options)
-    if (norm.needs_batchnorm or objective is not None) and not find_batchnorms(model):
-        raise ValueError(
+    if isinstance(context, dict):
+        context = RunContext(**context)
+    method_class, norm, norm_options, method_options = resolve_method(method, options)
+    needs_bn = norm.needs_batchnorm or (method_class is not None and method_class.needs_batchnorm)
+    if needs_bn and not find_batchnorms(model):
+        raise TTAError(
             f"model {type(model).__name__} has no BatchNorm layer, and method {method!r} adapts "
-            "BatchNorm layers; only 'source' runs on a model without one"
+            "BatchNorm layers; only 'source' (and 'lame' over it) runs on a model without one"
         )
-    return AdaptedModel(model, method, norm, norm_options, objective, objective_options)
+    return AdaptedModel(model, method, norm, norm_options, method_class, method_options, context)

@@ -13,10 +13,10 @@ def register(subparsers: Any) -> None:
 
 def describe_methods() -> str:
     """One block per method: name, description, then ``option = default  (doc)`` lines."""
-    from tta.registry import NORMS, OBJECTIVES
+    from tta.registry import METHODS, NORMS
 
     blocks = []
-    for method in [*NORMS.values(), *OBJECTIVES.values()]:
+    for method in [*NORMS.values(), *METHODS.values()]:
         lines = [f"{method.name}: {method.description}"]
         if hasattr(method, "default_norm"):
             lines.append(f"    norm = {method.default_norm!r}  (any norm method above)")

@@ -1,9 +1,23 @@
-"""Gradient methods: objectives optimised online over the norm layers' γ and β.
+"""Adaptation methods as classes on top of the norm layers; importing this package registers each.
 
-Importing this package registers each objective.
+``Method`` (``tta.methods.base``) is the base class and ``GradientMethod`` (``tta.methods.optim``)
+the base of the loss-driven ones. Adding a method is one file here plus one import line below, or
+a module of your own that uses ``@tta.register_method`` (listed under ``plugins:`` in a run config).
 """
 
-from tta.methods.tent import entropy_loss  # noqa: I001  (listing order)
-from tta.methods.core import class_confusion_loss
+from tta.methods.base import Method, NormOnly, RunContext  # noqa: I001  (listing order)
+from tta.methods.optim import GradientMethod
+from tta.methods.tent import Tent, entropy, entropy_loss
+from tta.methods.core import Core, class_confusion_loss
 
-__all__ = ["class_confusion_loss", "entropy_loss"]
+__all__ = [
+    "Core",
+    "GradientMethod",
+    "Method",
+    "NormOnly",
+    "RunContext",
+    "Tent",
+    "class_confusion_loss",
+    "entropy",
+    "entropy_loss",
+]

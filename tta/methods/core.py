@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from tta.methods.optim import OPTIMIZER_OPTIONS
+from tta.methods.optim import OPTIMIZER_OPTIONS, GradientMethod
 from tta.options import Option, positive
-from tta.registry import Objective, register_objective
+from tta.registry import register_method
 
 
 def class_confusion_loss(
@@ -38,16 +38,18 @@ def class_confusion_loss(
     return (r.sum() - r.trace()) / k
 
 
-register_objective(
-    Objective(
-        name="core",
-        loss=class_confusion_loss,
-        description="Core: class-confusion objective over alpha-BN (our reading of the paper)",
-        default_norm="alpha-bn",
-        options={
-            **OPTIMIZER_OPTIONS,
-            "temperature": Option(2.5, float, "softmax temperature T", positive),
-            "entropy_weighting": Option(True, bool, "weight samples by 1 + exp(-entropy)"),
-        },
-    )
-)
+@register_method
+class Core(GradientMethod):
+    name = "core"
+    description = "Core: class-confusion objective over alpha-BN (our reading of the paper)"
+    default_norm = "alpha-bn"
+    options = {
+        **OPTIMIZER_OPTIONS,
+        "temperature": Option(2.5, float, "softmax temperature T", positive),
+        "entropy_weighting": Option(True, bool, "weight samples by 1 + exp(-entropy)"),
+    }
+
+    def loss(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return class_confusion_loss(
+            logits, self.hparams["temperature"], self.hparams["entropy_weighting"]
+        )

@@ -4,22 +4,26 @@ from __future__ import annotations
 
 import torch
 
-from tta.methods.optim import OPTIMIZER_OPTIONS
-from tta.registry import Objective, register_objective
+from tta.methods.optim import GradientMethod
+from tta.registry import register_method
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax entropy of each row of the logits, shape (B,)."""
+    log_p = logits.log_softmax(dim=1)
+    return -(log_p.exp() * log_p).sum(dim=1)
 
 
 def entropy_loss(logits: torch.Tensor) -> torch.Tensor:
     """Mean over the batch of the softmax entropy of the logits."""
-    log_p = logits.log_softmax(dim=1)
-    return -(log_p.exp() * log_p).sum(dim=1).mean()
+    return entropy(logits).mean()
 
 
-register_objective(
-    Objective(
-        name="tent",
-        loss=entropy_loss,
-        description="TENT: minimise prediction entropy over the norm layers' affine (default tbn)",
-        default_norm="tbn",
-        options=dict(OPTIMIZER_OPTIONS),
-    )
-)
+@register_method
+class Tent(GradientMethod):
+    name = "tent"
+    description = "TENT: minimise prediction entropy over the norm layers' affine (default tbn)"
+    default_norm = "tbn"
+
+    def loss(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return entropy_loss(logits)

@@ -9,7 +9,7 @@ instance statistics assigned to them. Follows the official code, with which the 
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +18,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from tta.norms.base import AdaptiveNorm, instance_stats
 from tta.options import Option, at_least_one, in_range, positive
 from tta.registry import NormMethod, register_norm
+
+if TYPE_CHECKING:
+    from tta.methods.base import RunContext
 
 
 def initial_components(
@@ -135,9 +138,13 @@ class UnMixTNS(AdaptiveNorm):
         return f"{super().extra_repr()}, num_components={self.num_components}"
 
 
-def _prepare(options: dict[str, Any]) -> dict[str, Any]:
-    """One seeded generator per wrapped model; layers draw from it in module order."""
+def _prepare(options: dict[str, Any], context: RunContext) -> dict[str, Any]:
+    """One seeded generator per wrapped model; layers draw from it in module order. Unset
+    ``seed`` and ``batch_size`` come from the run context (its seed, the stream's batch size)."""
     seed = options.pop("seed")
+    seed = context.seed if seed is None else seed
+    if options["batch_size"] is None:
+        options["batch_size"] = context.batch_size
     return {**options, "generator": torch.Generator().manual_seed(seed)}
 
 
@@ -153,10 +160,16 @@ register_norm(
                 0.5, float, "a0, spread of the initial components", in_range(0, 1)
             ),
             "batch_size": Option(
-                None, int, "stream batch size B in λ (default: each input's)", at_least_one, True
+                None,
+                int,
+                "stream batch size B in λ (default: the run's, else each input's)",
+                at_least_one,
+                True,
             ),
             "max_batch_size": Option(64, int, "B_max in λ (16 for ImageNet)", at_least_one),
-            "seed": Option(0, int, "seed of the initial components"),
+            "seed": Option(
+                None, int, "seed of the initial components (default: the run's, 0)", nullable=True
+            ),
         },
         prepare=_prepare,
     )
