@@ -9,9 +9,18 @@ from tta.methods.base import Method, NormOnly, RunContext  # noqa: I001  (listin
 from tta.methods.optim import GradientMethod
 from tta.methods.tent import Tent, entropy, entropy_loss
 from tta.methods.core import Core, class_confusion_loss
+from tta.methods.eata import EATA, ETA
+from tta.methods.sar import SAR
+from tta.methods.deyo import DeYO
+from tta.methods.lame import LAME
 
 __all__ = [
+    "EATA",
+    "ETA",
     "Core",
+    "DeYO",
+    "LAME",
+    "SAR",
     "GradientMethod",
     "Method",
     "NormOnly",
