@@ -27,7 +27,18 @@ DEMO_CORRUPTIONS = [
     "elastic_transform",
     "pixelate",
 ]
-DEMO_METHODS: list[Any] = ["tbn", "alpha-bn", "rbn", "unmix-tns", "tent", "core"]
+DEMO_METHODS: list[Any] = [
+    "tbn",
+    "alpha-bn",
+    "rbn",
+    "unmix-tns",
+    "tent",
+    "core",
+    "eta",
+    "sar",
+    "deyo",
+    "lame",
+]
 DEMO_SPEC = "resnet8"
 
 

@@ -134,22 +134,35 @@ class Method(nn.Module):
             if isinstance(p, nn.Parameter)
         ]
 
-    @contextmanager
-    def frozen_norm_state(self) -> Iterator[None]:
-        """Run extra forwards (an augmented view, SAM's second pass) without moving the norm
-        layers' statistics: a stateful norm (rbn, unmix-tns) updates once per test batch."""
-        saved = [
-            (buf, buf.detach().clone())
+    def norm_state(self) -> list[torch.Tensor]:
+        """Copies of the norm layers' buffers (statistics, components), in a fixed order."""
+        return [
+            buf.detach().clone()
             for layer in self.norm_layers.values()
             for buf in layer.buffers()
             if buf is not None
         ]
+
+    @torch.no_grad()
+    def load_norm_state(self, state: list[torch.Tensor]) -> None:
+        buffers = [
+            b for layer in self.norm_layers.values() for b in layer.buffers() if b is not None
+        ]
+        for buf, value in zip(buffers, state):
+            buf.copy_(value)
+
+    @contextmanager
+    def norm_state_as(self, state: list[torch.Tensor]) -> Iterator[None]:
+        """Run extra forwards (SAM's second pass, an augmented view, Fisher batches) with the norm
+        layers in ``state`` (typically as they were before the test batch), then put back the
+        statistics they hold now: a stateful norm (rbn, unmix-tns) moves once per test batch, and
+        an extra forward normalises exactly as the batch's own forward did."""
+        now = self.norm_state()
+        self.load_norm_state(state)
         try:
             yield
         finally:
-            with torch.no_grad():
-                for buf, value in saved:
-                    buf.copy_(value)
+            self.load_norm_state(now)
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, options={self.hparams}"

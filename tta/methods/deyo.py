@@ -11,7 +11,7 @@ sample only if that makes its predicted class much less likely:
    the weighted entropies; no update when no sample is kept.
 
 Trained parameters follow SAR's rule (the authors' code). The augmented forward leaves a stateful
-norm's statistics as the test batch left them. ``augmentation`` ``pixel`` shuffles pixels and
+norm's statistics as the test batch left them, and normalises x′ as the batch itself was. ``augmentation`` ``pixel`` shuffles pixels and
 ``occ`` occludes a square with the image mean, as the authors' other options.
 """
 
@@ -50,6 +50,7 @@ class DeYO(GradientMethod):
         "reweight_plpd": Option(True, bool, "weight by 1/exp(−PLPD)"),
     }
     state_vars = ("rng_state",)
+    extra_forwards = True
 
     def prepare(self) -> None:
         super().prepare()
@@ -106,7 +107,7 @@ class DeYO(GradientMethod):
         ent = ent[keep]
         if ent.shape[0] == 0:
             return None
-        with torch.no_grad(), self.frozen_norm_state():
+        with torch.no_grad(), self.norm_state_as(self.pre_batch_norm_state):
             logits_prime = self.model(self.destroy(x[keep]))
         probs = logits[keep].softmax(1)
         cls = probs.argmax(dim=1, keepdim=True)

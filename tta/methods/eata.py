@@ -110,19 +110,21 @@ class EATA(ETA):
     def fisher_information(self, images: torch.Tensor, params: list) -> list[torch.Tensor]:
         """Mean over batches of the squared gradient of the cross-entropy to the predicted class.
 
-        The norm layers' statistics are left as they were (a stateful norm does not see the
-        source images).
+        Each batch is normalised from the norm layers' state at wrapping time, which it leaves
+        unchanged (a stateful norm does not adapt to the source images).
         """
         device = params[0].device
         size = self.context.batch_size or 64
         sums = [torch.zeros_like(p) for p in params]
         batches = 0
-        with self.frozen_norm_state(), torch.enable_grad():
+        initial = self.norm_state()
+        with torch.enable_grad():
             for start in range(0, len(images), size):
                 x = images[start : start + size].to(device, params[0].dtype)
-                logits = self.model(x)
-                loss = F.cross_entropy(logits, logits.argmax(1))
-                grads = torch.autograd.grad(loss, params, allow_unused=True)
+                with self.norm_state_as(initial):
+                    logits = self.model(x)
+                    loss = F.cross_entropy(logits, logits.argmax(1))
+                    grads = torch.autograd.grad(loss, params, allow_unused=True)
                 for s, g in zip(sums, grads):
                     if g is not None:
                         s.add_(g.detach() ** 2)

@@ -38,14 +38,15 @@ def affinity(features: torch.Tensor, kind: str, knn: int) -> torch.Tensor:
     if kind == "linear":
         return features @ features.T
     dist = pairwise_distances(features)
-    if kind == "knn":
-        index = dist.topk(min(knn + 1, n), dim=-1, largest=False).indices[:, 1:]
+    if kind == "knn":  # the k nearest *other* points (a duplicate row is not the point itself)
+        others = dist.clone().fill_diagonal_(float("inf"))
+        index = others.topk(min(knn, n - 1), dim=-1, largest=False).indices
         return torch.zeros(n, n, dtype=features.dtype, device=features.device).scatter_(
             -1, index, 1.0
         )
     kth = dist.topk(min(knn, n), dim=-1, largest=False).values[:, -1]
-    sigma = kth.mean()
-    return torch.exp(-(dist**2) / (2 * sigma**2))
+    sigma = kth.mean()  # 0 for a batch of one (or k = 1): every affinity is then exp(0) or 0
+    return torch.exp(-(dist**2) / (2 * sigma**2).clamp_min(torch.finfo(dist.dtype).tiny))
 
 
 def laplacian_optimization(

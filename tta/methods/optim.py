@@ -78,6 +78,9 @@ class GradientMethod(Method):
     """
 
     options = OPTIMIZER_OPTIONS
+    # Whether loss() makes extra forwards that need the norm state from before the batch
+    # (``self.pre_batch_norm_state``, see ``Method.norm_state_as``).
+    extra_forwards = False
 
     def parameters_to_adapt(self) -> list[nn.Parameter]:
         return self.norm_parameters()
@@ -103,6 +106,8 @@ class GradientMethod(Method):
         prediction = None
         with torch.enable_grad():
             for _ in range(self.hparams.get("steps", 1)):
+                if self.extra_forwards:
+                    self.pre_batch_norm_state = self.norm_state()
                 logits = self.model(x)
                 loss = self.loss(logits, x)
                 self.optimizer.zero_grad(set_to_none=True)

@@ -12,7 +12,8 @@ Per batch, as in the authors' code:
 
 Trained: γ, β of the norm layers except those whose names mark the top of the network in the
 authors' code (``layer4`` of ResNets, ``blocks.9``–``blocks.11`` and the final ``norm`` of ViTs).
-The second pass leaves a stateful norm's statistics (rbn, unmix-tns) as the first pass left them.
+Over a stateful norm (rbn, unmix-tns) the second pass normalises with the statistics the first
+pass saw and leaves them as the first pass left them: SAM perturbs θ of one and the same function.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class SAR(GradientMethod):
     name = "sar"
     description = "SAR: sharpness-aware entropy minimisation of reliable samples, model recovery"
     options = {
-        **OPTIMIZER_OPTIONS,
+        **{k: v for k, v in OPTIMIZER_OPTIONS.items() if k != "steps"},  # one SAM update a batch
         "optimizer": Option(
             "sgd", str, "base optimiser of SAM: sgd or adam", choices=("adam", "sgd")
         ),
@@ -76,21 +77,22 @@ class SAR(GradientMethod):
         params = [p for g in opt.param_groups for p in g["params"]]
         with torch.enable_grad():
             opt.zero_grad(set_to_none=True)
+            before = self.norm_state()
             logits = self.model(x)
             e0 = self.hparams["entropy_margin"] * math.log(logits.shape[1])
             ent = entropy(logits)
             reliable = ent < e0
             ent[reliable].mean(0).backward()
             originals = self._ascend(params)
-            with self.frozen_norm_state():
+            with self.norm_state_as(before):  # backward inside: the buffers are restored after
                 ent2 = entropy(self.model(x))[reliable]
-            loss2 = ent2[ent2 < e0].mean(0)
+                loss2 = ent2[ent2 < e0].mean(0)
+                loss2.backward()
             value = loss2.item()
             if not math.isnan(value):
                 self.loss_ema = (
                     value if self.loss_ema is None else 0.9 * self.loss_ema + (1 - 0.9) * value
                 )
-            loss2.backward()
             with torch.no_grad():
                 for p, old in originals:
                     p.copy_(old)
