@@ -13,6 +13,7 @@ import torch
 import yaml
 
 import tta.sweep as sw
+from tta._errors import TTAError
 from tta.cli import main
 from tta.config import resolve_config
 
@@ -165,7 +166,7 @@ def test_missing_ray_is_a_clear_error(tmp_path, data_root, monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_ray)
-    with pytest.raises(RuntimeError, match=r'pip install "tta\[ray\]"'):
+    with pytest.raises(TTAError, match=r'pip install "tta\[ray\]"'):
         sw.run_sweep(sweep_spec(tmp_path / "s", data_root), "ray")
     assert not (tmp_path / "s" / "cells").exists()  # failed before any work
 
@@ -381,7 +382,8 @@ def test_ray_refuses_cells_larger_than_the_local_cluster(tmp_path, data_root, ra
         sw.run_sweep(sweep_spec(tmp_path / "s", data_root), "ray", cpus_per_run=4)
 
 
-def test_ray_failing_cell_is_retried_then_reported(tmp_path, data_root, ray_local):
+def test_ray_cell_with_a_user_error_is_reported_at_once(tmp_path, data_root, ray_local):
+    """A missing data folder (a TTAError) cannot succeed on a retry: one attempt, then reported."""
     out = tmp_path / "s"
     spec = sweep_spec(out, data_root)
     spec["grid"] = {"data.root": [data_root, str(tmp_path / "no-such-folder")], "seed": [0]}
@@ -389,7 +391,7 @@ def test_ray_failing_cell_is_retried_then_reported(tmp_path, data_root, ray_loca
     (bad,) = report["failed"]
     assert "no-such-folder" in bad and len(report["ran"]) == 1
     failures = json.loads((out / "failures.json").read_text())
-    assert failures[bad]["attempts"] == 2 and len(failures[bad]["errors"]) == 2
+    assert failures[bad]["attempts"] == 1 and len(failures[bad]["errors"]) == 1
     assert "no-such-folder" in failures[bad]["errors"][-1]
     assert not (out / "cells" / bad / "results.json").exists()
     md = (out / "sweep.md").read_text()

@@ -19,20 +19,40 @@ COMMANDS = [
 ]
 
 
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose sub-commands may let options and positionals interleave
+    (``tta run cfg.yaml --force key=value``): set ``intermixed = True`` on a sub-parser."""
+
+    intermixed = False
+    _inside = False
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        if not self.intermixed or self._inside:
+            return super().parse_known_args(args, namespace)
+        self._inside = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inside = False
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="tta", description="Test-time adaptation of image classifiers."
-    )
+    parser = Parser(prog="tta", description="Test-time adaptation of image classifiers.")
     from tta import __version__
 
     parser.add_argument("--version", action="version", version=f"tta {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for module in COMMANDS:
         importlib.import_module(module).register(sub)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run a sub-command. A user error (``tta.TTAError``: bad config, file, path, model or data)
+    is printed as one line ``tta <command>: error: <message>`` with exit status 1; any other
+    exception is a bug and keeps its traceback."""
+    from tta._errors import TTAError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -40,7 +60,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, KeyError, RuntimeError) as err:
+    except TTAError as err:
         print(f"tta {args.command}: error: {err}", file=sys.stderr)
         return 1
 

@@ -8,22 +8,72 @@ on the command line and ``{"stream": {"batch_size": 32}}`` for ``tta.evaluate``.
 from __future__ import annotations
 
 import copy
+import math
+import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import yaml
 
-from tta._errors import did_you_mean
+from tta._errors import TTAError, TTAFileNotFoundError, TTATypeError, did_you_mean
 from tta.options import Option, at_least_one, in_range
 
 DATA_SOURCES = ("cifar-c", "imagenet-c", "corrupt")
+DEVICES = "auto, cpu, cuda, cuda:N (N = 0, 1, ...) or mps"
+
+
+def _seed_range(v: Any) -> Optional[str]:
+    return None if 0 <= v < 2**63 else "must be in [0, 2**63)"
+
+
+def _device(v: str) -> Optional[str]:
+    ok = re.fullmatch(r"auto|cpu|mps|cuda(:[0-9]+)?", v)
+    return None if ok else f"must be {DEVICES}"
+
+
+def _run_name(v: str) -> Optional[str]:
+    if not v.strip() or v.strip() == "." or any(bad in v for bad in ("/", "\\", "..")):
+        return (
+            "must be a plain name, not empty and without '/', '\\' or '..' (it names the folder "
+            "runs/<name>; set 'output' to choose the folder)"
+        )
+    return None
+
+
+def _folder(v: str) -> Optional[str]:
+    return None if v.strip() else "must be a folder path (or null for runs/<name>)"
+
+
+def _stats(positive: bool):
+    def check(v: list) -> Optional[str]:
+        numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+        if not v or not numbers or not all(math.isfinite(x) for x in v):
+            return "must be a non-empty list of finite numbers, one per input channel"
+        if positive and not all(x > 0 for x in v):
+            return "must be a list of numbers > 0, one per input channel"
+        return None
+
+    return check
+
+
+def _severities(v: list) -> Optional[str]:
+    ints = all(isinstance(s, int) and not isinstance(s, bool) for s in v)
+    if not v or not ints or not all(1 <= s <= 5 for s in v):
+        return "must be a non-empty list of severities from 1, 2, 3, 4, 5"
+    if len(set(v)) != len(v):
+        return "lists a severity more than once"
+    return None
+
 
 SCHEMA: dict[str, Any] = {
-    "name": Option("run", str, "name shown in summaries"),
-    "output": Option(None, str, "output folder (default runs/<name>)", nullable=True),
-    "seed": Option(0, int, "seed of the stream order and of every method's random draws"),
-    "device": Option("auto", str, "auto, cpu, cuda or cuda:N"),
+    "name": Option("run", str, "name shown in summaries", _run_name),
+    "output": Option(None, str, "output folder (default runs/<name>)", _folder, nullable=True),
+    "seed": Option(
+        0, int, "seed of the stream order and of every method's random draws", _seed_range
+    ),
+    "device": Option("auto", str, DEVICES, _device),
     "model": {
         "spec": Option(
             None,
@@ -35,8 +85,12 @@ SCHEMA: dict[str, Any] = {
             None, str, "path to a checkpoint (state_dict or wrapper)", nullable=True
         ),
         "num_classes": Option(None, int, "number of classes", at_least_one, nullable=True),
-        "mean": Option(None, list, "input normalisation mean (inside the model)", nullable=True),
-        "std": Option(None, list, "input normalisation std (inside the model)", nullable=True),
+        "mean": Option(
+            None, list, "input normalisation mean (inside the model)", _stats(False), nullable=True
+        ),
+        "std": Option(
+            None, list, "input normalisation std (inside the model)", _stats(True), nullable=True
+        ),
     },
     "data": {
         "source": Option("cifar-c", str, "where domains come from", choices=DATA_SOURCES),
@@ -45,7 +99,7 @@ SCHEMA: dict[str, Any] = {
             None, str, "clean set to corrupt: .npz, CIFAR folder or 'mnist5k'", nullable=True
         ),
         "corruptions": Option(None, list, "corruption names (default: the 15)", nullable=True),
-        "severities": Option([5], list, "severities 1..5"),
+        "severities": Option([5], list, "severities 1..5", _severities),
         "num_samples": Option(
             None,
             int,
@@ -75,14 +129,16 @@ PathLike = Union[str, Path]
 
 def _check_section(prefix: str, schema: Mapping[str, Any], given: Any) -> dict[str, Any]:
     if not isinstance(given, Mapping):
-        raise TypeError(
+        raise TTATypeError(
             f"config key {prefix or '(top level)'!r} must be a mapping, got {type(given).__name__}"
+            + (f" {given!r}" if not prefix else "")
+            + f"; valid keys{' under ' + repr(prefix) if prefix else ''}: {', '.join(schema)}"
         )
     out: dict[str, Any] = {}
     for key in given:
         if key not in schema:
             where = f"{prefix}.{key}" if prefix else key
-            raise ValueError(
+            raise TTAError(
                 f"unknown config key {where!r}.{did_you_mean(key, schema)} "
                 f"Valid keys{' under ' + repr(prefix) if prefix else ''}: {', '.join(schema)}."
             )
@@ -109,25 +165,69 @@ def _check_value(where: str, opt: Option, value: Any) -> Any:
     if want is list and isinstance(value, (tuple, str, int, float)) and not isinstance(value, bool):
         value = list(value) if isinstance(value, tuple) else [value]
     if not isinstance(value, want) or (want in (int, float) and isinstance(value, bool)):
-        raise TypeError(
+        raise TTATypeError(
             f"config key {where!r} must be {want.__name__}{' or null' if opt.nullable else ''} "
             f"({opt.doc}), got {value!r} ({type(value).__name__})"
         )
     if opt.choices is not None and value not in opt.choices:
-        raise ValueError(
+        raise TTAError(
             f"config key {where!r} must be one of {list(opt.choices)}, got {value!r}."
             f"{did_you_mean(value, opt.choices)}"
         )
     if opt.check is not None and (problem := opt.check(value)):
-        raise ValueError(f"config key {where!r} {problem}, got {value!r}")
+        raise TTAError(f"config key {where!r} {problem}, got {value!r}")
     return value
+
+
+def _check_model_stats(model: dict[str, Any]) -> None:
+    mean, std = model["mean"], model["std"]
+    if (
+        mean is not None
+        and std is not None
+        and len(mean) != len(std)
+        and 1
+        not in (
+            len(mean),
+            len(std),
+        )
+    ):
+        raise TTAError(
+            f"config keys 'model.mean' and 'model.std' must have the same length (one value per "
+            f"input channel, or a single value for all), got {len(mean)} and {len(std)} values: "
+            f"mean {mean}, std {std}"
+        )
+
+
+def _check_corruptions(data: dict[str, Any]) -> None:
+    """``data.corruptions``: null (the default set) or a non-empty list of known names, for every
+    ``data.source``."""
+    from tta.data.names import check_corruption_names
+
+    if data["corruptions"] is not None:
+        data["corruptions"] = check_corruption_names(data["corruptions"], "data.corruptions")
+
+
+def _expand(path: Optional[str]) -> Optional[str]:
+    return None if path is None else os.path.expanduser(path)
+
+
+def _expand_clean(clean: Optional[str]) -> Optional[str]:
+    if clean is None:
+        return None
+    kind, sep, rest = clean.partition(":")
+    if sep and kind in ("cifar10", "cifar100"):
+        return f"{kind}:{os.path.expanduser(rest)}"
+    return os.path.expanduser(clean)
 
 
 def method_entries(methods: list[Any]) -> list[dict[str, Any]]:
     """Normalise the ``methods`` list to ``{"name", "label", "options"}`` entries.
 
-    An entry is a method name or a mapping with ``name``, an optional ``label`` and the method's
-    options. ``source`` always runs first, as the baseline. Options are checked by ``tta.adapt``.
+    An entry is a method name or a mapping with ``name``, an optional ``label`` (a non-empty
+    string) and the method's options. ``source`` always runs first, as the baseline, under the
+    label ``source``: listing it again is allowed but a different label for it is refused (the
+    baseline's label is what reports and sweeps compare against). Options are checked by
+    ``tta.adapt``.
     """
     from tta.wrapper import resolve_method
 
@@ -136,9 +236,19 @@ def method_entries(methods: list[Any]) -> list[dict[str, Any]]:
         if isinstance(item, str):
             item = {"name": item}
         if not isinstance(item, Mapping) or "name" not in item:
-            raise TypeError(
+            raise TTATypeError(
                 f"config key 'methods[{i}]' must be a method name or a mapping with 'name', "
                 f"got {item!r}"
+            )
+        if not isinstance(item["name"], str):
+            raise TTATypeError(
+                f"config key 'methods[{i}].name' must be a method name (a string), got "
+                f"{item['name']!r} ({type(item['name']).__name__})"
+            )
+        if "label" in item and (not isinstance(item["label"], str) or not item["label"].strip()):
+            raise TTATypeError(
+                f"config key 'methods[{i}].label' must be a non-empty string (the method's name "
+                f"in the results), got {item['label']!r} ({type(item['label']).__name__})"
             )
         options = {k: v for k, v in item.items() if k not in ("name", "label")}
         resolve_method(item["name"], options)  # unknown names and options fail here
@@ -146,9 +256,15 @@ def method_entries(methods: list[Any]) -> list[dict[str, Any]]:
             f"+{options['norm']}" if "norm" in options else ""
         )
         if item["name"] == "source" and not options:
+            if label != "source":
+                raise TTAError(
+                    f"config key 'methods[{i}]': source always runs first as the baseline, "
+                    f"labelled 'source', so it cannot be labelled {label!r}; remove this entry "
+                    "(the baseline is in every run)"
+                )
             continue
         if any(e["label"] == label for e in entries):
-            raise ValueError(
+            raise TTAError(
                 f"two methods are labelled {label!r}; give one of them a distinct 'label'"
             )
         entries.append({"name": item["name"], "label": label, "options": dict(options)})
@@ -156,20 +272,61 @@ def method_entries(methods: list[Any]) -> list[dict[str, Any]]:
 
 
 def resolve_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate ``config`` against the schema and fill in defaults."""
+    """Validate ``config`` against the schema and fill in defaults.
+
+    ``~`` in the paths (``output``, ``model.checkpoint``, ``data.root``, ``data.clean``) is
+    expanded to the home folder.
+    """
     out = _check_section("", SCHEMA, config)
+    _check_model_stats(out["model"])
+    _check_corruptions(out["data"])
     if out["output"] is None:
         out["output"] = str(Path("runs") / out["name"])
+    out["output"] = _expand(out["output"])
+    out["model"]["checkpoint"] = _expand(out["model"]["checkpoint"])
+    out["data"]["root"] = _expand(out["data"]["root"])
+    out["data"]["clean"] = _expand_clean(out["data"]["clean"])
     method_entries(out["methods"])
     return out
+
+
+def yaml_problem(err: yaml.YAMLError, with_line: bool = True) -> str:
+    """A one-line description of a YAML error: what is wrong and where."""
+    problem = getattr(err, "problem", None) or getattr(err, "context", None) or str(err)
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    where = ""
+    if mark is not None:
+        where = (
+            f" at line {mark.line + 1}, column {mark.column + 1}"
+            if with_line
+            else f" at column {mark.column + 1}"
+        )
+    return " ".join(f"{problem}{where}".split())
+
+
+def parse_value(text: str, what: str) -> Any:
+    """An override's value read as YAML; bad YAML gets a TTAError naming the override."""
+    try:
+        return yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as err:
+        raise TTAError(
+            f"{what} has a value that is not valid YAML ({yaml_problem(err, False)}); close "
+            "brackets and quotes, e.g. methods=[tbn,tent] or name='my run'"
+        ) from None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``"stream.batch_size=32"`` → (["stream", "batch_size"], 32); values are read as YAML."""
     if "=" not in text:
-        raise ValueError(f"override {text!r} must look like key=value (e.g. stream.batch_size=32)")
+        raise TTAError(f"override {text!r} must look like key=value (e.g. stream.batch_size=32)")
     key, _, raw = text.partition("=")
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+    keys = key.strip().split(".")
+    if not all(keys):
+        raise TTAError(
+            f"override {text!r} names no config key before '='; write key=value, e.g. "
+            "stream.batch_size=32"
+        )
+    return keys, parse_value(raw, f"override {text!r}")
 
 
 def apply_overrides(config: Mapping[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -180,22 +337,41 @@ def apply_overrides(config: Mapping[str, Any], overrides: list[str]) -> dict[str
         for k in keys[:-1]:
             node = node.setdefault(k, {})
             if not isinstance(node, dict):
-                raise ValueError(f"override {text!r}: {k!r} is not a section")
+                raise TTAError(f"override {text!r}: {k!r} is not a section")
         node[keys[-1]] = value
     return out
 
 
 def read_yaml(path: PathLike, kind: str = "config") -> Any:
-    """Parse a YAML file; a missing file or bad YAML gets an error naming the path."""
-    path = Path(path)
+    """Parse a YAML file (UTF-8); a missing file, other text encodings and bad YAML get a
+    TTAError naming the path. An empty file reads as ``{}``."""
+    path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"{kind} file {str(path)!r} does not exist")
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise TTAFileNotFoundError(f"{kind} file {str(path)!r} {what}")
+    data = path.read_bytes()
     try:
-        return yaml.safe_load(path.read_text()) or {}
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise TTAError(
+            f"{kind} file {str(path)!r} is not UTF-8 text (byte {data[err.start]:#04x} at "
+            f"position {err.start}); save it as UTF-8"
+        ) from None
+    try:
+        loaded = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ValueError(f"{kind} file {str(path)!r} is not valid YAML: {err}") from err
+        raise TTAError(
+            f"{kind} file {str(path)!r} is not valid YAML: {yaml_problem(err)}"
+        ) from None
+    return {} if loaded is None else loaded
 
 
 def load_config(path: PathLike, overrides: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
     """Read a YAML config, apply ``key=value`` overrides, validate, fill defaults."""
-    return resolve_config(apply_overrides(read_yaml(path), list(overrides)))
+    raw = read_yaml(path)
+    if not isinstance(raw, Mapping):
+        raise TTATypeError(
+            f"config file {str(path)!r} must hold a mapping of config keys ({', '.join(SCHEMA)}), "
+            f"got {'a list' if isinstance(raw, list) else 'a single value'}: {raw!r}"
+        )
+    return resolve_config(apply_overrides(raw, list(overrides)))

@@ -4,14 +4,30 @@ The work is split into units, (method, segment), where a segment is the batches 
 resets: one per domain for ``reset_each_shift``, the whole stream for continual, mixed and gradual
 schedules. Each finished unit is written atomically to ``<output>/units/``; a rerun of the same
 config skips finished units and rebuilds identical final files from them.
+
+Before any work the run checks its config, model and data: the model must return logits of shape
+(batch, classes) and every domain's labels must lie below the number of classes. Only then does it
+claim its output folder (``config.json`` and the ``.tta-run`` marker with the fingerprints of its
+inputs, see ``tta._runs``), holding ``.tta-lock`` while it writes there. A rerun resumes only when
+the config and the fingerprints match.
+
+Unit folders are named after the method label and segment name: unchanged when the name is
+plain (lower-case letters, digits, ``._+-``), else a readable slug plus ``~`` and a hash of the
+exact name, so two distinct labels never share a folder (not even on a case-insensitive disk).
+
+Samples whose logits are not all finite (NaN or inf) count as errors; how many there were is
+reported per method and domain (``nonfinite`` in results.json, a warning in summary.md).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import platform
 import re
-import shutil
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional
@@ -21,8 +37,11 @@ import torch
 from tqdm.auto import tqdm
 
 import tta
-from tta._io import read_json, write_json
-from tta.config import method_entries, resolve_config
+from tta import _runs
+from tta._errors import TTAError, TTATypeError
+from tta._io import folder_lock, json_text, read_json, remove_temp_files, write_json
+from tta._runs import MARKER, Input
+from tta.config import DEVICES, method_entries, resolve_config
 from tta.data import CIFARC, ArrayDomain, Domain, ImageNetC, Segment, make_stream
 from tta.methods.base import RunContext
 
@@ -70,40 +89,184 @@ def corrupted_domains(
 def build_domains(data: Mapping[str, Any], seed: int) -> list[Domain]:
     """The domains a config's ``data`` section names: the corruptions in the order given (the
     standard order when none are named), each at every listed severity."""
+    return _build_domains(data, seed)[0]
+
+
+def _build_domains(data: Mapping[str, Any], seed: int) -> tuple[list[Domain], dict[str, Input]]:
+    """The domains, and the data inputs to fingerprint (see ``tta._runs``)."""
     source, names, sev = data["source"], data["corruptions"], list(data["severities"])
+    n = data["num_samples"]
+    inputs: dict[str, Input] = {}
     if source in ("cifar-c", "imagenet-c"):
         if not data["root"]:
-            raise ValueError(f"data.source {source!r} needs data.root (the dataset folder)")
+            raise TTAError(
+                f"data.source {source!r} needs data.root (the dataset folder); set data.root, "
+                "or data.source: corrupt with data.clean"
+            )
         reader = CIFARC if source == "cifar-c" else ImageNetC
         domains = reader(data["root"], corruptions=names, severities=sev)
-    else:
-        if not data["clean"]:
-            raise ValueError(
-                "data.source 'corrupt' needs data.clean: 'mnist5k', 'cifar10:<folder>', "
-                "'cifar100:<folder>' or an .npz file"
-            )
-        import corruptions
-        from tta.models.data import load_dataset
+        inputs = _data_inputs(source, data["root"], domains)
+        _warn_short(domains, n, "")
+        if n:
+            domains = [SubsetDomain(d, subset_rows(len(d), n, seed)) for d in domains]
+        return domains, inputs
+    if not data["clean"]:
+        raise TTAError(
+            "data.source 'corrupt' needs data.clean: 'mnist5k', 'cifar10:<folder>', "
+            "'cifar100:<folder>' or an .npz file"
+        )
+    import corruptions
+    from tta.models.data import load_dataset
 
-        _, _, images, labels = load_dataset(data["clean"])
-        if data["num_samples"]:
-            rows = subset_rows(len(labels), data["num_samples"], seed)
-            images, labels = images[rows], labels[rows]
-        names = names or corruptions.names("benchmark")
-        return corrupted_domains(images, labels, names, sev, seed)
-    if data["num_samples"]:
-        domains = [SubsetDomain(d, subset_rows(len(d), data["num_samples"], seed)) for d in domains]
-    return domains
+    _, _, images, labels = load_dataset(data["clean"])
+    inputs["data:clean"] = ("value", {"sha256": _runs.sha256_arrays(images, labels)})
+    names = names or corruptions.names("benchmark")
+    if n and n > len(labels):
+        short = [f"{name}-{s}" for name in names for s in sev]
+        _warn(short, len(labels), n, f" (the held-out images of data.clean {data['clean']!r})")
+    if n:
+        rows = subset_rows(len(labels), n, seed)
+        images, labels = images[rows], labels[rows]
+    return corrupted_domains(images, labels, names, sev, seed), inputs
+
+
+def _warn(names: list[str], size: int, n: int, where: str) -> None:
+    shown = ", ".join(repr(x) for x in names[:5]) + (", ..." if len(names) > 5 else "")
+    warnings.warn(
+        f"data.num_samples={n} is larger than domain {shown} ({size} samples{where}); the whole "
+        "domain is used",
+        stacklevel=3,
+    )
+
+
+def _warn_short(domains: list[Domain], n: Optional[int], where: str) -> None:
+    if not n:
+        return
+    by_size: dict[int, list[str]] = {}
+    for d in domains:
+        if len(d) < n:
+            by_size.setdefault(len(d), []).append(d.name)
+    for size, names in by_size.items():
+        _warn(names, size, n, where)
+
+
+def _data_inputs(source: str, root: str, domains: list[Domain]) -> dict[str, Input]:
+    """Fingerprinted data: the files of a CIFAR-C folder; the image file names of each
+    ImageNet-C domain (anything else: its labels)."""
+    inputs: dict[str, Input] = {}
+    if source == "cifar-c":
+        inputs["data:labels.npy"] = ("file", os.path.join(root, "labels.npy"))
+    for d in domains:
+        path, files = getattr(d, "path", None), getattr(d, "files", None)
+        if isinstance(path, str):
+            inputs[f"data:{os.path.basename(path)}"] = ("file", path)
+        elif files is not None:
+            rel = [os.path.relpath(f, root) for f in files]
+            inputs[f"data:{d.name}"] = (
+                "value",
+                {"images": len(rel), "names_sha256": _runs.sha256_names(rel)},
+            )
+        else:
+            inputs[f"data:{d.name}"] = ("value", {"labels_sha256": _runs.sha256_arrays(d.labels)})
+    return inputs
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA when available, else the CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; a
+    device this machine lacks is a TTAError."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    if not re.fullmatch(r"cpu|mps|cuda(:[0-9]+)?", name):
+        raise TTAError(f"device must be {DEVICES}, got {name!r}")
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise TTAError(
+                f"device {name!r} asked for, but torch sees no CUDA GPU; use device: auto or cpu"
+            )
+        if (device.index or 0) >= count:
+            raise TTAError(
+                f"device {name!r} asked for, but torch sees {count} CUDA GPU(s): "
+                f"{', '.join(f'cuda:{i}' for i in range(count))}"
+            )
+    if device.type == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise TTAError("device 'mps' asked for, but MPS is not available here; use auto or cpu")
+    return device
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._+-]", "_", name)
+def unit_name(name: str) -> str:
+    """A file name for a method label or segment name, distinct for distinct names: the name
+    itself when plain (lower-case letters, digits, ``._+-``, not starting with a dot, at most
+    100 characters), else a slug of it, ``~`` and 10 hex digits of its SHA-1 (``~`` is never
+    in a plain name, so the two kinds cannot meet)."""
+    if re.fullmatch(r"[a-z0-9_+-][a-z0-9._+-]{0,99}", name):
+        return name
+    slug = re.sub(r"[^A-Za-z0-9._+-]", "_", name)[:60].lstrip(".") or "_"
+    return f"{slug}~{hashlib.sha1(name.encode('utf-8', 'surrogatepass')).hexdigest()[:10]}"
+
+
+def unit_path(out: Path, label: str, segment: str) -> Path:
+    return out / "units" / unit_name(label) / f"{unit_name(segment)}.json"
+
+
+def _describe_output(out: Any) -> str:
+    if isinstance(out, Mapping):
+        return f"a {type(out).__name__} with keys {list(out)[:5]}"
+    if isinstance(out, (tuple, list)):
+        kinds = ", ".join(type(o).__name__ for o in out[:5])
+        return f"a {type(out).__name__} of {len(out)} items ({kinds})"
+    return f"a {type(out).__module__}.{type(out).__name__}"
+
+
+def check_model(model: torch.nn.Module, domains: list[Domain]) -> Optional[int]:
+    """One forward of a single image: the model must return logits of shape (1, classes), and
+    every domain's labels must be valid class indices. Returns the number of classes."""
+    first = next((d for d in domains if len(d)), None)
+    if first is None:
+        return None
+    x, _ = first.get(np.arange(1))
+    tensor = next(iter([*model.parameters(), *model.buffers()]), None)
+    x = x.to(tensor.device) if tensor is not None else x
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except RuntimeError as err:
+        text = (str(err).strip().splitlines() or [""])[0]
+        raise TTAError(
+            f"the model fails on one image of domain {first.name!r} (a float tensor of shape "
+            f"{tuple(x.shape)}, values in [0, 1]): {type(err).__name__}: {text}"
+        ) from err
+    finally:
+        for m, training in modes:
+            m.training = training
+    if not isinstance(out, torch.Tensor):
+        raise TTATypeError(
+            f"the model returned {_describe_output(out)} for a batch of 1 image; its forward "
+            "must return the logits as one tensor of shape (batch, classes) (wrap the model to "
+            "return only the logits)"
+        )
+    if out.ndim != 2 or out.shape[0] != 1:
+        raise TTAError(
+            f"the model returned a tensor of shape {tuple(out.shape)} for a batch of 1 image; "
+            "its forward must return logits of shape (batch, classes)"
+        )
+    classes = int(out.shape[1])
+    for d in domains:
+        labels = d.labels
+        if not len(labels):
+            continue
+        bad = int(labels.max()) if int(labels.max()) >= classes else int(labels.min())
+        if bad >= classes or bad < 0:
+            raise TTAError(
+                f"domain {d.name!r} has label {bad} but the model has {classes} outputs (valid "
+                f"labels: 0..{classes - 1}); check model.num_classes and the data"
+            )
+    return classes
 
 
 def run_unit(
@@ -115,23 +278,33 @@ def run_unit(
 ) -> dict[str, Any]:
     """Stream one segment through a freshly wrapped method; count online errors per domain.
 
-    Counts stay on the device; the host reads them every few batches for the progress bar only.
+    A sample whose logits are not all finite counts as an error and in ``nonfinite``. Counts stay
+    on the device; the host reads them every few batches for the progress bar only.
     """
     wrong = torch.zeros(num_domains, dtype=torch.float64, device=device)
     seen = torch.zeros(num_domains, dtype=torch.float64, device=device)
+    nonfinite = torch.zeros(num_domains, dtype=torch.float64, device=device)
     start = time.perf_counter()
     with tqdm(total=len(segment), desc=desc, leave=False, dynamic_ncols=True, disable=None) as bar:
         for b, batch in enumerate(segment):
             x = batch.x.to(device, non_blocking=True)
             dom = batch.domains.to(device, non_blocking=True)
-            miss = (adapted(x).argmax(1) != batch.y.to(device, non_blocking=True)).double()
+            logits = adapted(x)
+            bad = ~torch.isfinite(logits).all(1)
+            miss = ((logits.argmax(1) != batch.y.to(device, non_blocking=True)) | bad).double()
             wrong.index_add_(0, dom, miss)
             seen.index_add_(0, dom, torch.ones_like(miss))
+            nonfinite.index_add_(0, dom, bad.double())
             if not bar.disable and (b % 10 == 9 or b == len(segment) - 1):
                 bar.set_postfix(error=f"{100 * wrong.sum().item() / seen.sum().item():.1f}%")
             bar.update()
     seconds = time.perf_counter() - start
-    return {"wrong": wrong.cpu().tolist(), "seen": seen.cpu().tolist(), "seconds": seconds}
+    return {
+        "wrong": wrong.cpu().tolist(),
+        "seen": seen.cpu().tolist(),
+        "nonfinite": nonfinite.cpu().tolist(),
+        "seconds": seconds,
+    }
 
 
 def _versions() -> dict[str, str]:
@@ -143,20 +316,58 @@ def _versions() -> dict[str, str]:
     }
 
 
-def _check_output(out: Path, config: dict[str, Any], force: bool) -> None:
-    saved = out / "config.json"
-    if force and out.exists():
-        shutil.rmtree(out / "units", ignore_errors=True)
-        for name in ("results.json", "results.csv", "summary.md", "errors.png", "config.json"):
-            (out / name).unlink(missing_ok=True)
-    elif saved.exists() and read_json(saved) != config:
-        old = read_json(saved)
-        diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
-        raise ValueError(
-            f"output folder {str(out)!r} holds results of a different config (differs in "
-            f"{', '.join(diff)}); rerun with --force to start over, or set another output"
+def _read_unit(path: Path, label: str, segment: str, num_domains: int) -> dict[str, Any]:
+    """A finished unit, checked to be the one asked for (a damaged file is a TTAError)."""
+    unit = read_json(path)
+    ok = (
+        isinstance(unit, dict)
+        and unit.get("method") == label
+        and unit.get("segment") == segment
+        and all(len(unit.get(k) or []) == num_domains for k in ("wrong", "seen"))
+        and isinstance(unit.get("seconds"), (int, float))
+    )
+    if not ok:
+        raise TTAError(
+            f"{str(path)!r} is damaged or belongs to another unit (expected method {label!r}, "
+            f"segment {segment!r}, {num_domains} domains); {_runs.FORCE_HINT}"
         )
-    write_json(saved, config)
+    return unit
+
+
+def _summarise_read_only(
+    out: Path,
+    config: dict[str, Any],
+    inputs: dict[str, Input],
+    force: bool,
+    entries: list[dict[str, Any]],
+    stream: Any,
+) -> dict[str, Any]:
+    """A finished run in a folder this process cannot write: check it as a resume would and
+    return its results, writing nothing (and taking no lock: no run can write there)."""
+    if force or _runs.saved_config(out) != config:
+        raise _runs.not_writable(out)
+    _runs.check_inputs(out, inputs)
+    names = stream.domain_names
+    units: dict[str, list[dict[str, Any]]] = {}
+    for entry in entries:
+        units[entry["label"]] = []
+        for segment in stream.segments():
+            path = unit_path(out, entry["label"], segment.name)
+            if not path.is_file():
+                raise TTAError(
+                    f"output folder {str(out)!r} is not writable and the run is not finished "
+                    f"({entry['label']} | {segment.name} is missing); make it writable or set "
+                    "another output"
+                )
+            units[entry["label"]].append(_read_unit(path, entry["label"], segment.name, len(names)))
+    results = aggregate(config, entries, units, names, stream)
+    saved = out / "results.json"
+    if not saved.is_file() or read_json(saved) != json.loads(json_text(results)):
+        raise TTAError(
+            f"output folder {str(out)!r} is not writable and its results.json is missing or "
+            "out of date; make it writable or set another output"
+        )
+    return results
 
 
 def evaluate(
@@ -165,42 +376,84 @@ def evaluate(
     """Run a config (a mapping in the YAML schema); return the results and write the output folder.
 
     ``model``: use this network instead of building ``config["model"]`` (it must take [0, 1]
-    images, as ``tta.load_model`` returns).
+    images, as ``tta.load_model`` returns). Its fingerprint is the hash of its class and
+    ``state_dict``, so a resume with other weights is refused (see ``tta._runs``).
+    ``force``: clear what tta wrote in the output folder and start over; a non-empty folder tta
+    did not make is refused.
     """
     from tta.report import write_reports
 
     config = resolve_config(config)
     out = Path(config["output"])
-    _check_output(out, config, force)
+    _runs.check_output_path(out)
+    if force:
+        _runs.check_can_force(out)
+    else:
+        _runs.refuse_other_config(out, config)  # before the (slow) model and data
     seed, device = config["seed"], resolve_device(config["device"])
     entries = method_entries(config["methods"])
+    inputs: dict[str, Input] = {"tta": ("value", {"version": tta.__version__})}
     if model is None:
         m = config["model"]
         model = tta.load_model(
             m["spec"], m["checkpoint"], num_classes=m["num_classes"], mean=m["mean"], std=m["std"]
         )
-    domains = build_domains(config["data"], seed)
+        if m["checkpoint"]:
+            inputs["checkpoint"] = ("file", m["checkpoint"])
+    else:
+        if not isinstance(model, torch.nn.Module):
+            raise TTATypeError(
+                f"model must be a torch.nn.Module, got {type(model).__module__}."
+                f"{type(model).__name__}"
+            )
+        inputs["model"] = ("value", _runs.model_fingerprint(model))
+    domains, data_inputs = _build_domains(config["data"], seed)
+    inputs.update(data_inputs)
+    check_model(model, domains)
     s = config["stream"]
     stream = make_stream(domains, s["order"], s["delta"], s["schedule"], s["batch_size"], seed)
     names = stream.domain_names
-    units: dict[str, list[dict[str, Any]]] = {}
-    for entry in entries:
-        # The run context gives every method the run's seed and the stream's batch size (so
-        # UnMix-TNS's λ does not change on a domain's last, shorter batch).
-        context = RunContext(seed=seed, batch_size=s["batch_size"], device=device)
-        units[entry["label"]] = []
-        for segment in stream.segments():
-            path = out / "units" / _safe(entry["label"]) / f"{_safe(segment.name)}.json"
-            if not path.exists():
-                options = entry["options"]
-                adapted = tta.adapt(model, entry["name"], context, **options).to(device)
-                result = run_unit(
-                    adapted, segment, len(names), device, f"{entry['label']} | {segment.name}"
+
+    if not _runs.writable(out):
+        return _summarise_read_only(out, config, inputs, force, entries, stream)
+    with folder_lock(out):
+        remove_temp_files(out)
+        if force:
+            _runs.clear_run_folder(out)
+        else:
+            _runs.refuse_other_config(out, config)
+        if (out / "config.json").is_file():
+            kept = _runs.check_inputs(out, inputs)
+        elif (out / "units").is_dir() and any((out / "units").iterdir()):
+            raise TTAError(
+                f"output folder {str(out)!r} holds finished units but no config.json saying "
+                f"what they came from; {_runs.FORCE_HINT}"
+            )
+        else:
+            kept = _runs.record(inputs)
+        # Claim the folder: the marker first, so a config.json never lacks its fingerprints.
+        _runs.write_if_changed(out / MARKER, _runs.marker_text(kept))
+        _runs.write_if_changed(out / "config.json", json_text(config))
+        units: dict[str, list[dict[str, Any]]] = {}
+        for entry in entries:
+            # The run context gives every method the run's seed and the stream's batch size (so
+            # UnMix-TNS's λ does not change on a domain's last, shorter batch).
+            context = RunContext(seed=seed, batch_size=s["batch_size"], device=device)
+            units[entry["label"]] = []
+            for segment in stream.segments():
+                path = unit_path(out, entry["label"], segment.name)
+                if not path.exists():
+                    options = entry["options"]
+                    adapted = tta.adapt(model, entry["name"], context, **options).to(device)
+                    result = run_unit(
+                        adapted, segment, len(names), device, f"{entry['label']} | {segment.name}"
+                    )
+                    write_json(path, {"method": entry["label"], "segment": segment.name, **result})
+                units[entry["label"]].append(
+                    _read_unit(path, entry["label"], segment.name, len(names))
                 )
-                write_json(path, {"method": entry["label"], "segment": segment.name, **result})
-            units[entry["label"]].append(read_json(path))
-    results = aggregate(config, entries, units, names, stream)
-    write_reports(out, results)
+        results = aggregate(config, entries, units, names, stream)
+        write_reports(out, results)
     return results
 
 
@@ -216,6 +469,9 @@ def aggregate(
     for entry in entries:
         wrong = np.sum([u["wrong"] for u in units[entry["label"]]], axis=0)
         seen = np.sum([u["seen"] for u in units[entry["label"]]], axis=0)
+        nonfinite = np.sum(
+            [u.get("nonfinite") or [0] * len(names) for u in units[entry["label"]]], axis=0
+        )
         seconds = float(sum(u["seconds"] for u in units[entry["label"]]))
         errors = {n: 100.0 * w / c for n, w, c in zip(names, wrong, seen) if c > 0}
         methods.append(
@@ -225,6 +481,8 @@ def aggregate(
                 "options": entry["options"],
                 "errors": errors,
                 "samples": {n: int(c) for n, c in zip(names, seen) if c > 0},
+                "nonfinite": {n: int(b) for n, b, c in zip(names, nonfinite, seen) if c > 0},
+                "nonfinite_total": int(nonfinite.sum()),
                 "mean_error": float(np.mean(list(errors.values()))),
                 "seconds": seconds,
                 "images": int(seen.sum()),

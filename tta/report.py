@@ -56,13 +56,29 @@ def describe_stream(results: dict[str, Any]) -> str:
     )
 
 
+def nonfinite_warnings(results: dict[str, Any]) -> list[str]:
+    """One line per method whose logits were not all finite for some samples (counted as
+    errors); none when every logit was finite."""
+    lines = []
+    for m in results["methods"]:
+        total = m.get("nonfinite_total", 0)
+        if total:
+            where = ", ".join(f"{d}: {n}" for d, n in m["nonfinite"].items() if n)
+            lines.append(
+                f"**Warning**: {m['label']} returned non-finite logits (NaN or inf) for {total} "
+                f"of {m['images']} samples ({where}); they are counted as errors."
+            )
+    return lines
+
+
 def summary_markdown(results: dict[str, Any]) -> str:
     domains = results["stream"]["domains"]
     legend = ", ".join(f"{short_domain(d)} = {d}" for d in domains)
+    warned = "".join(f"{line}\n\n" for line in nonfinite_warnings(results))
     return (
         f"# {results['name']}: online error (%)\n\n{describe_stream(results)}\n\n"
-        f"{error_table(results)}\n\nColumns: {legend}. Δ is the method's mean error minus the "
-        f"`source` baseline's on the identical stream (negative = adaptation helps).\n\n"
+        f"{error_table(results)}\n\n{warned}Columns: {legend}. Δ is the method's mean error "
+        f"minus the `source` baseline's on the identical stream (negative = adaptation helps).\n\n"
         f"{timing_table(results)}\n\nVersions: "
         + ", ".join(f"{k} {v}" for k, v in results["versions"].items())
         + "\n"

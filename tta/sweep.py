@@ -32,11 +32,19 @@ from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import torch
-import yaml
 
-from tta._errors import did_you_mean, unknown
-from tta._io import atomic_write, read_json, write_json, write_text
-from tta.config import SCHEMA, apply_overrides, read_yaml, resolve_config
+from tta import _runs
+from tta._errors import TTAError, TTAFileNotFoundError, TTATypeError, did_you_mean, unknown
+from tta._io import (
+    LOCK_NAME,
+    atomic_write,
+    folder_lock,
+    read_json,
+    remove_temp_files,
+    write_json,
+    write_text,
+)
+from tta.config import SCHEMA, apply_overrides, parse_value, read_yaml, resolve_config
 from tta.evaluation import evaluate
 
 PathLike = Union[str, Path]
@@ -139,7 +147,7 @@ class Sweep:
 def _check_grid(grid: Any) -> dict[str, list[Any]]:
     valid = schema_keys()
     if not isinstance(grid, Mapping) or not grid:
-        raise ValueError(
+        raise TTAError(
             "a sweep file needs 'grid': a mapping of dotted config keys to lists of values, e.g. "
             "grid: {stream.schedule: [reset_each_shift, continual], seed: [1, 2, 3]}"
         )
@@ -147,23 +155,23 @@ def _check_grid(grid: Any) -> dict[str, list[Any]]:
     for key, values in grid.items():
         key = str(key)
         if key in RESERVED:
-            raise ValueError(
+            raise TTAError(
                 f"grid key {key!r} cannot be swept: the sweep sets each cell's name and output "
                 "itself (cells/<cell id> inside the sweep's output folder)"
             )
         if key not in valid:
-            raise ValueError(unknown("grid key", key, [k for k in valid if k not in RESERVED]))
+            raise TTAError(unknown("grid key", key, [k for k in valid if k not in RESERVED]))
         if not isinstance(values, list):
-            raise TypeError(
+            raise TTATypeError(
                 f"grid key {key!r} must map to a list of values, got {values!r}; "
                 f"write e.g. {key}: [{value_text(values)}]"
             )
         if not values:
-            raise ValueError(f"grid key {key!r} has an empty list of values; give at least one")
+            raise TTAError(f"grid key {key!r} has an empty list of values; give at least one")
         seen = [_canonical(v) for v in values]
         dups = sorted({s for s in seen if seen.count(s) > 1})
         if dups:
-            raise ValueError(f"grid key {key!r} lists the value {dups[0]} more than once")
+            raise TTAError(f"grid key {key!r} lists the value {dups[0]} more than once")
         out[key] = list(values)
     return out
 
@@ -172,23 +180,23 @@ def _check_exclude(exclude: Any, grid: dict[str, list[Any]]) -> list[dict[str, A
     if exclude is None:
         return []
     if not isinstance(exclude, list):
-        raise TypeError(
+        raise TTATypeError(
             f"'exclude' must be a list of partial combinations, got {type(exclude).__name__}"
         )
     out = []
     for i, combo in enumerate(exclude):
         if not isinstance(combo, Mapping) or not combo:
-            raise TypeError(
+            raise TTATypeError(
                 f"exclude[{i}] must be a non-empty mapping of grid keys to values, got {combo!r}"
             )
         for key, value in combo.items():
             if key not in grid:
-                raise ValueError(
+                raise TTAError(
                     f"exclude[{i}] names {key!r}, which is not a grid key.{did_you_mean(key, grid)}"
                     f" Grid keys: {', '.join(grid)}."
                 )
             if _canonical(value) not in {_canonical(v) for v in grid[key]}:
-                raise ValueError(
+                raise TTAError(
                     f"exclude[{i}] gives {key}={value!r}, which is not among that grid key's "
                     f"values {grid[key]!r}" + did_you_mean(str(value), [str(v) for v in grid[key]])
                 )
@@ -221,12 +229,21 @@ def build_sweep(spec: Mapping[str, Any]) -> Sweep:
     Every cell is checked against the run schema here, before anything runs.
     """
     if not isinstance(spec, Mapping):
-        raise TypeError(f"a sweep must be a mapping, got {type(spec).__name__}")
+        raise TTATypeError(
+            f"a sweep must be a mapping (a run config plus 'grid'), got {type(spec).__name__}"
+        )
     grid = _check_grid(spec.get("grid"))
     exclude = _check_exclude(spec.get("exclude"), grid)
     base = {k: copy.deepcopy(v) for k, v in spec.items() if k not in SWEEP_KEYS}
     name = str(base.get("name") or "sweep")
-    output = Path(base.get("output") or Path("sweeps") / name)
+    if base.get("output") is not None and (
+        not isinstance(base["output"], str) or not base["output"].strip()
+    ):
+        raise TTAError(
+            f"config key 'output' must be a folder path (or null for sweeps/<name>), got "
+            f"{base['output']!r}"
+        )
+    output = Path(os.path.expanduser(base.get("output") or Path("sweeps") / name))
     combos = [{}]
     for key, values in grid.items():
         combos = [{**c, key: v} for c in combos for v in values]
@@ -236,7 +253,7 @@ def build_sweep(spec: Mapping[str, Any]) -> Sweep:
         if not any(all(_canonical(c[k]) == _canonical(v) for k, v in e.items()) for e in exclude)
     ]
     if not combos:
-        raise ValueError("'exclude' leaves no cell of the grid to run")
+        raise TTAError("'exclude' leaves no cell of the grid to run")
     cells = []
     for cid, combo in zip(_cell_ids(grid, combos), combos):
         raw = copy.deepcopy(base)
@@ -255,14 +272,24 @@ def load_sweep(path: PathLike, overrides: tuple[str, ...] | list[str] = ()) -> S
     """Read a sweep YAML file, apply ``key=value`` overrides (``grid.seed=[1,2]`` works too)."""
     raw = read_yaml(path, "sweep")
     if not isinstance(raw, Mapping):
-        raise TypeError(f"sweep file {str(path)!r} must hold a mapping")
+        raise TTATypeError(
+            f"sweep file {str(path)!r} must hold a mapping (a run config plus 'grid'), got a "
+            f"{'list' if isinstance(raw, list) else 'single value'}: {raw!r}"
+        )
     # Grid keys contain dots, so overrides of ``grid.<dotted key>`` are split by hand.
     raw = dict(raw)
     rest = []
     for text in overrides:
         if text.startswith("grid.") and "=" in text:
             key, _, value = text[len("grid.") :].partition("=")
-            raw["grid"] = {**(raw.get("grid") or {}), key.strip(): yaml.safe_load(value)}
+            value = parse_value(value, f"override {text!r}")
+            grid = raw.get("grid") or {}
+            if not isinstance(grid, Mapping):
+                raise TTATypeError(
+                    f"sweep file {str(path)!r}: 'grid' must be a mapping of dotted config keys to "
+                    f"lists of values, got {grid!r}"
+                )
+            raw["grid"] = {**grid, key.strip(): value}
         else:
             rest.append(text)
     return build_sweep(apply_overrides(raw, rest))
@@ -273,22 +300,43 @@ def load_sweep(path: PathLike, overrides: tuple[str, ...] | list[str] = ()) -> S
 
 
 def is_finished(cell: Cell) -> bool:
-    """results.json is present and was produced by exactly this cell's config."""
+    """results.json is present, was produced by exactly this cell's config, and the recorded
+    input files (checkpoint, data) and tta version are unchanged."""
     path = cell.output / "results.json"
     if not path.is_file():
         return False
     try:
-        return read_json(path).get("config") == cell.config
+        saved = read_json(path)
     except (OSError, ValueError):
         return False
+    return (
+        isinstance(saved, Mapping)
+        and saved.get("config") == cell.config
+        and not _runs.stale_files(cell.output)
+    )
+
+
+def stale_reason(cell: Cell) -> Optional[str]:
+    """Why a cell folder holds results that are not this cell's (None when they are, or when
+    it holds none): another config, a damaged config.json, or changed input files."""
+    saved = cell.output / "config.json"
+    if not saved.is_file():
+        return None
+    try:
+        old = read_json(saved)
+    except (OSError, ValueError):
+        return "config.json is damaged"
+    if old != cell.config:
+        if not isinstance(old, Mapping):
+            return "config.json is damaged"
+        diff = sorted(k for k in set(old) | set(cell.config) if old.get(k) != cell.config.get(k))
+        return f"differs in {', '.join(diff)}"
+    changed = _runs.stale_files(cell.output)
+    return "; ".join(changed) if changed else None
 
 
 def _stale(cell: Cell) -> bool:
-    saved = cell.output / "config.json"
-    try:
-        return saved.is_file() and read_json(saved) != cell.config
-    except (OSError, ValueError):
-        return True
+    return stale_reason(cell) is not None
 
 
 def _evaluate_cell(config: dict[str, Any], threads: Optional[int], force: bool) -> float:
@@ -305,7 +353,11 @@ def _evaluate_cell(config: dict[str, Any], threads: Optional[int], force: bool) 
 
 
 def _cell_files(out: Path) -> dict[str, bytes]:
-    names = [p for p in sorted(out.rglob("*")) if p.is_file() and not p.name.endswith(".tmp")]
+    names = [
+        p
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and not p.name.endswith(".tmp") and p.name != LOCK_NAME
+    ]
     rel = [p.relative_to(out).as_posix() for p in names]
     order = sorted(
         range(len(rel)), key=lambda i: (rel[i] in RESULT_FILES, rel[i] == "results.json")
@@ -326,12 +378,14 @@ def ray_cell_task(
 
 
 def _store_files(out: Path, files: dict[str, bytes]) -> None:
-    """Write files sent back by a worker (results.json last); identical files are left alone."""
-    for rel, data in files.items():
-        path = out / rel
-        if path.is_file() and path.read_bytes() == data:
-            continue
-        atomic_write(path, lambda tmp, data=data: Path(tmp).write_bytes(data))
+    """Write files sent back by a worker (results.json last), holding the cell's lock; identical
+    files are left alone."""
+    with folder_lock(out, "cell folder"):
+        for rel, data in files.items():
+            path = out / rel
+            if path.is_file() and path.read_bytes() == data:
+                continue
+            atomic_write(path, lambda tmp, data=data: Path(tmp).write_bytes(data))
 
 
 def _describe(err: BaseException) -> str:
@@ -351,6 +405,10 @@ def _run_local(
         for attempt in range(1, retries + 2):
             try:
                 seconds = _evaluate_cell(cell.config, threads, force and attempt == 1)
+            except TTAError as err:  # a config, data or model error: a retry cannot succeed
+                errors.append(_describe(err))
+                record(cell, None, errors, attempt, traceback.format_exc(), final=True)
+                break
             except Exception as err:  # noqa: BLE001  (any failure of a cell is recorded)
                 errors.append(_describe(err))
                 record(cell, None, errors, attempt, traceback.format_exc(), final=attempt > retries)
@@ -363,7 +421,7 @@ def import_ray() -> Any:
     try:
         import ray
     except ImportError as err:
-        raise RuntimeError(
+        raise TTAError(
             f"the ray executor needs Ray, which is not installed; install it with: {RAY_INSTALL}"
         ) from err
     return ray
@@ -397,7 +455,7 @@ def _run_ray(
                     f"(CPU {available.get('CPU', 0):g}, GPU {available.get('GPU', 0):g})"
                 )
                 if address is None:
-                    raise ValueError(msg + "; lower --cpus-per-run/--gpus-per-run")
+                    raise TTAError(msg + "; lower --cpus-per-run/--gpus-per-run")
                 if progress:  # an autoscaling cluster may still add nodes
                     progress(f"warning: {msg}; cells wait until such a node joins")
         # Ray's own retries (max_retries) cover lost workers and out-of-memory kills; exceptions
@@ -426,7 +484,8 @@ def _run_ray(
             except RayTaskError as err:
                 cause = getattr(err, "cause", None)
                 errors[cell.id].append(_describe(cause) if cause is not None else _describe(err))
-                final = attempt > retries
+                # A config, data or model error (TTAError) cannot succeed on a retry.
+                final = attempt > retries or isinstance(cause, TTAError)
                 record(cell, None, errors[cell.id], attempt, str(err), final=final)
                 if not final:
                     submit(cell, attempt + 1)
@@ -469,25 +528,50 @@ def run_sweep(
     if not isinstance(sweep, Sweep):
         sweep = build_sweep(sweep) if isinstance(sweep, Mapping) else load_sweep(sweep)
     if executor not in ("local", "ray"):
-        raise ValueError(unknown("executor", executor, ["local", "ray"]))
+        raise TTAError(unknown("executor", executor, ["local", "ray"]))
     if executor == "local" and (address is not None or gpus_per_run):
-        raise ValueError("--address and --gpus-per-run need --executor ray")
+        raise TTAError("--address and --gpus-per-run need --executor ray")
     if retries < 0:
-        raise ValueError(f"retries must be >= 0, got {retries}")
+        raise TTAError(f"--retries must be >= 0, got {retries}")
     if threads is not None and threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
+        raise TTAError(f"--threads must be >= 1, got {threads}")
     if executor == "ray":
         import_ray()  # fail before any work when Ray is missing
         if threads is None:
             threads = max(1, int(cpus_per_run))
     if not force:
-        stale = [c.id for c in sweep.cells if _stale(c)]
+        stale = [(c.id, why) for c in sweep.cells if (why := stale_reason(c))]
         if stale:
-            raise ValueError(
-                f"cell folder(s) {', '.join(stale)} under {str(sweep.output / 'cells')!r} hold "
-                "results of a different config (the sweep file changed); rerun with --force to "
-                "recompute them, or set another output"
+            shown = ", ".join(f"{cid} ({why})" for cid, why in stale)
+            raise TTAError(
+                f"cell folder(s) {shown} under {str(sweep.output / 'cells')!r} hold results of a "
+                "different config or other inputs (the sweep file, model or data changed); rerun "
+                "with --force to recompute them, or set another output"
             )
+    _runs.check_output_path(sweep.output)
+    if not _runs.writable(sweep.output):
+        raise TTAError(
+            f"sweep folder {str(sweep.output)!r} is not writable; make it writable or set another "
+            "output"
+        )
+    with folder_lock(sweep.output, "sweep folder"):
+        return _run_cells(
+            sweep, executor, address, cpus_per_run, gpus_per_run, retries, threads, force, progress
+        )
+
+
+def _run_cells(
+    sweep: Sweep,
+    executor: str,
+    address: Optional[str],
+    cpus_per_run: float,
+    gpus_per_run: float,
+    retries: int,
+    threads: Optional[int],
+    force: bool,
+    progress: Progress,
+) -> dict[str, Any]:
+    remove_temp_files(sweep.output, recursive=False)  # left by a killed sweep
     write_json(sweep.output / "sweep.json", sweep.plan())
     todo = sweep.cells if force else [c for c in sweep.cells if not is_finished(c)]
     skipped = [c.id for c in sweep.cells if c not in todo]
@@ -578,15 +662,17 @@ def collect(directory: PathLike) -> dict[str, Any]:
     root = Path(directory)
     cells_dir = root / "cells"
     if not root.is_dir():
-        raise FileNotFoundError(f"sweep folder {str(root)!r} does not exist")
-    plan = read_json(root / "sweep.json") if (root / "sweep.json").is_file() else None
-    failures = read_json(root / "failures.json") if (root / "failures.json").is_file() else {}
+        raise TTAFileNotFoundError(f"sweep folder {str(root)!r} does not exist")
+    hint = "delete it (--collect then merges the finished cells it finds), or rerun the sweep"
+    plan = read_json(root / "sweep.json", hint) if (root / "sweep.json").is_file() else None
+    failures = read_json(root / "failures.json", hint) if (root / "failures.json").is_file() else {}
     planned = [c["id"] for c in plan["cells"]] if plan else None
     found = sorted(p.parent.name for p in cells_dir.glob("*/results.json"))
     ids = [i for i in planned if i in found] if planned is not None else found
-    results = {i: read_json(cells_dir / i / "results.json") for i in ids}
+    cell_hint = "rerun the sweep with --force, or delete that cell folder"
+    results = {i: read_json(cells_dir / i / "results.json", cell_hint) for i in ids}
     if not results and not failures:
-        raise FileNotFoundError(
+        raise TTAFileNotFoundError(
             f"no finished cell (cells/<id>/results.json) in sweep folder {str(root)!r}"
         )
     if plan:

@@ -23,7 +23,6 @@ import glob
 import hashlib
 import json
 import os
-import pickle
 from typing import Any
 
 import numpy as np
@@ -31,7 +30,11 @@ import torch
 from tqdm import tqdm
 
 import corruptions
+from tta._errors import TTAError, TTAFileNotFoundError, TTATypeError, unknown
 from tta._io import atomic_write, write_json
+from tta.data.arrays import check_counts, load_npy, open_npz, pick, user_path
+from tta.data.names import check_corruption_names
+from tta.models.data import find_cifar_test_batch, read_cifar_batch
 
 # Images per corrupt() call (progress granularity). A multiple of corrupt()'s own chunk, so the
 # generator is consumed exactly as in one call over the whole set.
@@ -50,20 +53,23 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--out", required=True, help="output folder (created if missing)")
     parser.add_argument(
         "--corruptions",
-        nargs="+",
+        nargs="*",
         default=["all"],
         metavar="NAME",
         help="corruption names or groups (all, benchmark, noise, blur, weather, digital, extra)",
     )
-    parser.add_argument("--severities", nargs="+", type=int, default=[1, 2, 3, 4, 5], metavar="S")
+    parser.add_argument("--severities", nargs="*", type=int, default=[1, 2, 3, 4, 5], metavar="S")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(func=run)
 
 
+_GROUP_NAMES = ["all", "benchmark", *corruptions.GROUPS]
+
+
 def expand_names(requested: list[str]) -> list[str]:
     """Names and group names to corruption names, in the standard order, without repeats."""
+    check_corruption_names(requested, where="--corruptions", groups=_GROUP_NAMES)
     wanted: set[str] = set()
-    choices = ["all", "benchmark", *corruptions.GROUPS, *corruptions.names()]
     for item in requested:
         if item in _EXPAND:
             wanted.update(_EXPAND[item])
@@ -71,64 +77,44 @@ def expand_names(requested: list[str]) -> list[str]:
             wanted.update(corruptions.names(item))
         elif item in corruptions.names():
             wanted.add(item)
-        else:
-            from tta._errors import unknown
-
-            raise ValueError(unknown("corruption or group", item, choices))
+        else:  # a name tta.data knows but the generator does not: refuse, never skip silently
+            raise TTAError(
+                unknown("corruption or group", item, [*_GROUP_NAMES, *corruptions.names()])
+            )
     return [n for n in corruptions.names() if n in wanted]
 
 
 def check_severities(severities: list[int]) -> list[int]:
     bad = [s for s in severities if not 1 <= s <= 5]
     if bad:
-        raise ValueError(f"severities must be in 1..5, got {bad}")
+        raise TTAError(f"severities must be in 1..5, got {bad}")
+    if not severities:
+        raise TTAError("--severities is empty; omit the option for all five severities")
     return sorted(set(severities))
 
 
-def _unpickle(path: str) -> dict:
-    with open(path, "rb") as f:
-        return pickle.load(f, encoding="bytes")
-
-
 def _cifar_folder(folder: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """The test split of a torchvision CIFAR-10/100 python folder, or None if it is not one."""
-    for candidate in (
-        folder,
-        os.path.join(folder, "cifar-10-batches-py"),
-        os.path.join(folder, "cifar-100-python"),
-    ):
-        c10 = os.path.join(candidate, "test_batch")
-        c100 = os.path.join(candidate, "test")
-        if os.path.isfile(c10):
-            d = _unpickle(c10)
-            return d[b"data"], np.asarray(d[b"labels"])
-        if os.path.isfile(c100) and os.path.isfile(os.path.join(candidate, "meta")):
-            d = _unpickle(c100)
-            return d[b"data"], np.asarray(d[b"fine_labels"])
-    return None
+    """The test split of a torchvision CIFAR-10/100 python folder, or None if it is not one.
 
-
-def _pick(archive: Any, keys: tuple[str, ...], what: str, path: str) -> np.ndarray:
-    for k in keys:
-        if k in archive:
-            return archive[k]
-    raise KeyError(
-        f"{path!r} has no {what} array: expected one of {', '.join(map(repr, keys))}, "
-        f"found {', '.join(map(repr, archive.keys())) or 'nothing'}"
-    )
+    Read with the library's restricted unpickler (``tta.models.data.read_cifar_batch``), which
+    refuses any file that would run code."""
+    found = find_cifar_test_batch(folder)
+    if found is None:
+        return None
+    return read_cifar_batch(*found)
 
 
 def load_source(source: str) -> tuple[np.ndarray, np.ndarray]:
     """Images (N, 32, 32, 3) uint8 and labels (N,) from any supported source."""
+    source = os.fspath(user_path(source))
     if os.path.isdir(source):
         found = _cifar_folder(source)
         if found is not None:
-            data, labels = found
-            images = data.reshape(-1, 3, 32, 32)
+            images, labels = found
         else:
             label_path = os.path.join(source, "labels.npy")
             if not os.path.isfile(label_path):
-                raise FileNotFoundError(
+                raise TTAFileNotFoundError(
                     f"{source!r} is not a CIFAR python folder (no test_batch or test+meta) and has "
                     "no labels.npy; pass a cifar-10-batches-py / cifar-100-python folder, an .npz "
                     "or a folder with labels.npy and one images .npy"
@@ -139,23 +125,26 @@ def load_source(source: str) -> tuple[np.ndarray, np.ndarray]:
                 if os.path.basename(p) != "labels.npy"
             )
             if len(others) != 1:
-                raise ValueError(
+                raise TTAError(
                     f"{source!r} must hold exactly one images .npy beside labels.npy to be a source, "
                     f"found {[os.path.basename(p) for p in others]}; pass the file itself, e.g. "
                     f"{os.path.join(source, 'clean.npy')!r}"
                 )
-            images, labels = np.load(others[0], mmap_mode="r"), np.load(label_path)
+            images, labels = load_npy(others[0], mmap=True), load_npy(label_path)
+            check_counts(len(images), len(labels), f"{others[0]!r} with {label_path!r}")
     elif source.endswith(".npz") and os.path.isfile(source):
-        with np.load(source) as archive:
-            images = _pick(archive, ("images", "x"), "images", source)
-            labels = _pick(archive, ("labels", "y"), "labels", source)
+        with open_npz(source) as archive:
+            images = pick(archive, ("images", "x"), "images")
+            labels = pick(archive, ("labels", "y"), "labels")
+        check_counts(len(images), len(labels), f"{source!r}")
     elif source.endswith(".npy") and os.path.isfile(source):
         label_path = os.path.join(os.path.dirname(os.path.abspath(source)), "labels.npy")
         if not os.path.isfile(label_path):
-            raise FileNotFoundError(f"no labels.npy beside {source!r}")
-        images, labels = np.load(source, mmap_mode="r"), np.load(label_path)
+            raise TTAFileNotFoundError(f"no labels.npy beside {source!r}")
+        images, labels = load_npy(source, mmap=True), load_npy(label_path)
+        check_counts(len(images), len(labels), f"{source!r} with {label_path!r}")
     else:
-        raise FileNotFoundError(
+        raise TTAFileNotFoundError(
             f"source {source!r} not found or not supported: use a CIFAR python folder, an .npz, "
             "an .npy with labels.npy beside it, or a folder with labels.npy"
         )
@@ -166,19 +155,18 @@ def _standardise(
     images: np.ndarray, labels: np.ndarray, source: str
 ) -> tuple[np.ndarray, np.ndarray]:
     if images.dtype != np.uint8:
-        raise TypeError(f"images in {source!r} must be uint8, got {images.dtype}")
+        raise TTATypeError(f"images in {source!r} must be uint8, got {images.dtype}")
     if images.ndim == 3:
         images = np.repeat(images[..., None], 3, axis=-1)  # grey -> RGB
     elif images.ndim == 4 and images.shape[1] == 3 and images.shape[3] != 3:
         images = images.transpose(0, 2, 3, 1)
     if images.ndim != 4 or images.shape[1:] != (32, 32, 3):
-        raise ValueError(
+        raise TTAError(
             f"images in {source!r} must be (N, 32, 32, 3), (N, 3, 32, 32) or (N, 32, 32), "
             f"got {images.shape}"
         )
     labels = labels.reshape(-1)
-    if len(labels) != len(images):
-        raise ValueError(f"{source!r}: {len(images)} images but {len(labels)} labels")
+    check_counts(len(images), len(labels), f"{source!r}")
     return np.ascontiguousarray(images), labels
 
 
@@ -209,7 +197,7 @@ def _check_manifest(out: str, manifest: dict) -> None:
         ]
         if diff:
             details = ", ".join(f"{k}: {old.get(k)!r} there, {manifest[k]!r} now" for k in diff)
-            raise ValueError(
+            raise TTAError(
                 f"{out!r} was written with other settings ({details}); use another --out or "
                 "delete that folder"
             )
@@ -287,7 +275,8 @@ def run(args: argparse.Namespace) -> int:
     names = expand_names(args.corruptions)
     severities = check_severities(args.severities)
     images, labels = load_source(args.source)
-    written = write_dataset(images, labels, args.out, names, severities, args.seed, args.source)
+    out, source = os.fspath(user_path(args.out)), os.fspath(user_path(args.source))
+    written = write_dataset(images, labels, out, names, severities, args.seed, source)
     skipped = len(names) - len(written)
     print(
         f"wrote {len(written)} corruption file(s) to {args.out}"

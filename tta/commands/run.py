@@ -24,6 +24,7 @@ def register(subparsers: Any) -> None:
         help="override config keys, e.g. stream.batch_size=32",
     )
     parser.add_argument("--force", action="store_true", help="discard finished units, start over")
+    parser.intermixed = True  # options anywhere: tta CMD FILE --force key=value
     parser.set_defaults(func=run)
 
 

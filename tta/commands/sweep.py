@@ -64,6 +64,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--force", action="store_true", help="recompute every cell, discarding finished ones"
     )
+    parser.intermixed = True  # options anywhere: tta CMD FILE --force key=value
     parser.set_defaults(func=run)
 
 
@@ -76,16 +77,17 @@ def _print_summary(merged: dict[str, Any], output: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tta._errors import TTAError
     from tta.sweep import collect, load_sweep, run_sweep
 
     if args.collect:
         if args.sweep:
-            raise ValueError("give either a sweep file or --collect DIR, not both")
+            raise TTAError("give either a sweep file or --collect DIR, not both")
         merged = collect(args.collect)
         _print_summary(merged, args.collect)
         return 0
     if not args.sweep:
-        raise ValueError("give a sweep file (tta sweep SWEEP.yaml) or --collect DIR")
+        raise TTAError("give a sweep file (tta sweep SWEEP.yaml) or --collect DIR")
     sweep = load_sweep(args.sweep, args.overrides)
     report = run_sweep(
         sweep,

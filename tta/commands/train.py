@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from tta._errors import TTAError
+from tta.models.checkpoint import check_output_file
 from tta.models.data import load_dataset
 from tta.models.registry import describe
 from tta.models.train import OPTIMIZERS, train_model
@@ -98,9 +100,10 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_file(args.out, "--out")  # before reading data or training, not after
     if args.threads is not None:
         if args.threads < 1:
-            raise ValueError(f"--threads must be at least 1, got {args.threads}")
+            raise TTAError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     train_x, train_y, test_x, test_y = load_dataset(args.data)
     result = train_model(

@@ -4,11 +4,18 @@ schedules (SPEC sections 4 and 5)."""
 
 from __future__ import annotations
 
+from tta.data.arrays import check_counts, check_float_images, load_npy, open_npz
 from tta.data.cifarc import CIFARC, CIFARCDomain
 from tta.data.dataset_domain import TorchvisionDomain
 from tta.data.domain import ArrayDomain, Domain, to_float
 from tta.data.imagenetc import ImageFolderDomain, ImageNetC
-from tta.data.names import ALL_CORRUPTIONS, CORRUPTIONS, EXTRA_CORRUPTIONS, SEVERITIES
+from tta.data.names import (
+    ALL_CORRUPTIONS,
+    CORRUPTIONS,
+    EXTRA_CORRUPTIONS,
+    SEVERITIES,
+    check_corruption_names,
+)
 from tta.data.ordering import ORDERS, dirichlet_order, iid_order, order_indices, sorted_order
 from tta.data.stream import (
     GRADUAL_SEVERITIES,
@@ -41,11 +48,16 @@ __all__ = [
     "Segment",
     "Stream",
     "TorchvisionDomain",
+    "check_corruption_names",
+    "check_counts",
+    "check_float_images",
     "dirichlet_order",
     "domain_rng",
     "iid_order",
     "label_stats",
+    "load_npy",
     "make_stream",
+    "open_npz",
     "order_indices",
     "sorted_order",
     "to_float",

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from tta._errors import TTAError, TTAFileNotFoundError
+from tta.data.arrays import load_npy, user_path
 from tta.data.domain import Domain, check_labels
 from tta.data.names import (
     ALL_CORRUPTIONS,
@@ -70,16 +72,16 @@ def CIFARC(
     """
     names = check_corruptions(corruptions)
     sevs = check_severities(severities)
-    root = os.fspath(root)
+    root = os.fspath(user_path(root))
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"CIFAR-C folder {root!r} does not exist.\n{CIFARC_LAYOUT}")
+        raise TTAFileNotFoundError(f"CIFAR-C folder {root!r} does not exist.\n{CIFARC_LAYOUT}")
     label_path = os.path.join(root, "labels.npy")
     if not os.path.isfile(label_path):
-        raise FileNotFoundError(f"{label_path!r} is missing.\n{CIFARC_LAYOUT}")
-    all_labels = check_labels(np.load(label_path, mmap_mode="r"), None, f"{label_path!r}")
+        raise TTAFileNotFoundError(f"{label_path!r} is missing.\n{CIFARC_LAYOUT}")
+    all_labels = check_labels(load_npy(label_path, mmap=True), None, f"{label_path!r}")
     n = len(all_labels)
     if n == 0 or n % 5:
-        raise ValueError(
+        raise TTAError(
             f"{label_path!r} holds {n} labels; CIFAR-C files stack five severities, so N must be "
             "a positive multiple of 5."
         )
@@ -92,7 +94,7 @@ def CIFARC(
                 ALL_CORRUPTIONS,
                 (f[:-4] for f in os.listdir(root) if f.endswith(".npy") and f != "labels.npy"),
             )
-            raise FileNotFoundError(
+            raise TTAFileNotFoundError(
                 f"{path!r} is missing; corruptions present in {root!r}: "
                 f"{', '.join(present) if present else 'none'}.\n{CIFARC_LAYOUT}"
             )
@@ -107,12 +109,12 @@ def CIFARC(
 
 def _check_images_file(path: str, n: int) -> None:
     """Check a corruption file's dtype and shape from its header (no image data is read)."""
-    mm = np.load(path, mmap_mode="r")
+    mm = load_npy(path, mmap=True)
     if mm.dtype != np.uint8 or mm.ndim != 4 or mm.shape[3] != 3:
-        raise ValueError(
+        raise TTAError(
             f"{path!r} holds {mm.dtype} data of shape {mm.shape}; expected uint8 (N, H, W, 3)."
         )
     if mm.shape[0] != n:
-        raise ValueError(
+        raise TTAError(
             f"{path!r} holds {mm.shape[0]} images but labels.npy holds {n} labels; they must match."
         )

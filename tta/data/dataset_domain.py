@@ -7,6 +7,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from tta._errors import TTAError, TTATypeError
+from tta.data.arrays import check_float_images
 from tta.data.domain import Domain, Raw, check_labels
 
 
@@ -29,7 +31,7 @@ class TorchvisionDomain(Domain):
     ):
         super().__init__(name, corruption, severity)
         if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
-            raise TypeError(
+            raise TTATypeError(
                 f"dataset for domain {name!r} must support len() and ds[i] -> (image, label), "
                 f"got {type(dataset).__name__}."
             )
@@ -38,7 +40,7 @@ class TorchvisionDomain(Domain):
         if labels is None:
             labels = getattr(dataset, "labels", None)
         if labels is None:
-            raise ValueError(
+            raise TTAError(
                 f"cannot find labels for domain {name!r}: the dataset has no 'targets' or 'labels' "
                 "attribute; pass labels= (one integer per item) so streams can be ordered "
                 "without decoding every image."
@@ -57,14 +59,17 @@ class TorchvisionDomain(Domain):
         for i in rows.tolist():
             image, label = self.dataset[i]
             if int(label) != self._labels[i]:
-                raise ValueError(
+                raise TTAError(
                     f"item {i} of domain {self.name!r} has label {int(label)} but its labels list "
                     f"says {int(self._labels[i])}; pass labels= that match the dataset."
                 )
             if self.transform is not None:
                 image = self.transform(image)
             images.append(image_to_raw(image, f"item {i} of domain {self.name!r}"))
-        return stack_raw(images, self.name)
+        batch = stack_raw(images, self.name)
+        if isinstance(batch, torch.Tensor):  # float items: one vectorised range check per batch
+            check_float_images(batch, f"domain {self.name!r}", rows)
+        return batch
 
 
 def image_to_raw(image: Any, what: str) -> Raw:
@@ -73,17 +78,17 @@ def image_to_raw(image: Any, what: str) -> Raw:
         return np.asarray(image.convert("RGB"), dtype=np.uint8)
     if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3:
         if image.shape[2] != 3:
-            raise ValueError(f"{what}: uint8 images must be (H, W, 3), got {image.shape}.")
+            raise TTAError(f"{what}: uint8 images must be (H, W, 3), got {image.shape}.")
         return image
     if isinstance(image, np.ndarray) and np.issubdtype(image.dtype, np.floating):
         image = torch.from_numpy(image)
     if isinstance(image, torch.Tensor) and image.is_floating_point() and image.ndim == 3:
         if image.shape[0] != 3:
-            raise ValueError(
+            raise TTAError(
                 f"{what}: float images must be (3, H, W) in [0, 1], got {tuple(image.shape)}."
             )
         return image.to(torch.float32)
-    raise TypeError(
+    raise TTATypeError(
         f"{what}: expected a PIL image, uint8 (H, W, 3) array or float (3, H, W) tensor in [0, 1], "
         f"got {type(image).__name__} {getattr(image, 'dtype', '')} {getattr(image, 'shape', '')}."
     )
@@ -97,7 +102,7 @@ def stack_raw(images: list[Raw], name: str) -> Raw:
         tuple(im.shape[:2]) if isinstance(im, np.ndarray) else tuple(im.shape[1:]) for im in images
     }
     if len(shapes) > 1:
-        raise ValueError(
+        raise TTAError(
             f"images of domain {name!r} differ in size {sorted(shapes)}; pass a transform that "
             "resizes them to one size."
         )

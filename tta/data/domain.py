@@ -13,6 +13,9 @@ from typing import Any, Union
 import numpy as np
 import torch
 
+from tta._errors import TTAError, TTATypeError
+from tta.data.arrays import check_float_images
+
 #: What ``Domain.read_raw`` returns: uint8 (B, H, W, 3) numpy or float (B, 3, H, W) torch in [0, 1].
 Raw = Union[np.ndarray, torch.Tensor]
 
@@ -22,7 +25,7 @@ class Domain(ABC):
 
     def __init__(self, name: str, corruption: str | None = None, severity: int | None = None):
         if not isinstance(name, str) or not name:
-            raise ValueError(f"a domain needs a non-empty string name, got {name!r}.")
+            raise TTAError(f"a domain needs a non-empty string name, got {name!r}.")
         self.name = name
         self.corruption = corruption
         self.severity = severity
@@ -92,14 +95,14 @@ def check_labels(labels: Any, n: int | None, what: str) -> np.ndarray:
         labels = labels.detach().cpu().numpy()
     arr = np.asarray(labels)
     if arr.ndim != 1:
-        raise ValueError(f"labels for {what} must be 1-D, got shape {arr.shape}.")
+        raise TTAError(f"labels for {what} must be 1-D, got shape {arr.shape}.")
     if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"labels for {what} must be integers, got dtype {arr.dtype}.")
+        raise TTATypeError(f"labels for {what} must be integers, got dtype {arr.dtype}.")
     if n is not None and len(arr) != n:
-        raise ValueError(f"labels for {what} have length {len(arr)} but there are {n} images.")
+        raise TTAError(f"labels for {what} have length {len(arr)} but there are {n} images.")
     out = arr.astype(np.int64)
     if out.size and out.min() < 0:
-        raise ValueError(f"labels for {what} must be >= 0, found {int(out.min())}.")
+        raise TTAError(f"labels for {what} must be >= 0, found {int(out.min())}.")
     out.setflags(write=False)
     return out
 
@@ -138,7 +141,7 @@ def _check_images(images: Any, name: str) -> Raw:
     valid = "uint8 numpy (N, H, W, 3) or float (N, 3, H, W) numpy/torch with values in [0, 1]"
     if isinstance(images, np.ndarray) and images.dtype == np.uint8:
         if images.ndim != 4 or images.shape[3] != 3:
-            raise ValueError(
+            raise TTAError(
                 f"uint8 images for domain {name!r} must have shape (N, H, W, 3), got {images.shape}."
             )
         return images
@@ -146,18 +149,12 @@ def _check_images(images: Any, name: str) -> Raw:
         images = torch.from_numpy(images)
     if not isinstance(images, torch.Tensor) or not images.is_floating_point():
         dtype = getattr(images, "dtype", type(images).__name__)
-        raise TypeError(f"images for domain {name!r} have dtype {dtype}; expected {valid}.")
+        raise TTATypeError(f"images for domain {name!r} have dtype {dtype}; expected {valid}.")
     if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(
+        raise TTAError(
             f"float images for domain {name!r} must have shape (N, 3, H, W), "
             f"got {tuple(images.shape)}."
         )
     images = images.detach().to(device="cpu", dtype=torch.float32).contiguous()
-    if images.numel():
-        lo, hi = float(images.min()), float(images.max())
-        if not (0.0 <= lo and hi <= 1.0):
-            raise ValueError(
-                f"float images for domain {name!r} span [{lo:.3g}, {hi:.3g}], outside [0, 1]. "
-                "Keep data in [0, 1] and put mean/std normalisation inside the model wrapper."
-            )
+    check_float_images(images, f"domain {name!r}")
     return images

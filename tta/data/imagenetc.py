@@ -13,6 +13,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from tta._errors import TTAError, TTAFileNotFoundError
+from tta.data.arrays import user_path
 from tta.data.dataset_domain import TorchvisionDomain
 from tta.data.names import (
     ALL_CORRUPTIONS,
@@ -67,7 +69,7 @@ class ImageFolderDomain(TorchvisionDomain):
         severity: int | None = None,
     ):
         if len(files) != len(labels):
-            raise ValueError(
+            raise TTAError(
                 f"domain {name!r} lists {len(files)} files but {len(labels)} labels; they must match."
             )
         dataset = ImageFiles(files, labels)
@@ -88,12 +90,14 @@ def ImageNetC(
     """
     names = check_corruptions(corruptions)
     sevs = check_severities(severities)
-    root = os.fspath(root)
+    root = os.fspath(user_path(root))
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"ImageNet-C folder {root!r} does not exist.\n{IMAGENETC_LAYOUT}")
+        raise TTAFileNotFoundError(
+            f"ImageNet-C folder {root!r} does not exist.\n{IMAGENETC_LAYOUT}"
+        )
     if isinstance(transform, str):
         if transform != "default":
-            raise ValueError(
+            raise TTAError(
                 f"transform {transform!r} is not valid; pass 'default', None or a callable."
             )
         transform = default_transform()
@@ -107,7 +111,7 @@ def ImageNetC(
                 ALL_CORRUPTIONS,
                 (e.name for e in os.scandir(root) if e.is_dir() and e.name in ALL_CORRUPTIONS),
             )
-            raise FileNotFoundError(
+            raise TTAFileNotFoundError(
                 f"{cdir!r} is missing; corruptions present in {root!r}: "
                 f"{', '.join(present) if present else 'none'}.\n{IMAGENETC_LAYOUT}"
             )
@@ -115,19 +119,19 @@ def ImageNetC(
             sdir = os.path.join(cdir, str(s))
             if not os.path.isdir(sdir):
                 have = sorted(e.name for e in os.scandir(cdir) if e.is_dir())
-                raise FileNotFoundError(
+                raise TTAFileNotFoundError(
                     f"{sdir!r} is missing; severity folders present: {', '.join(have) or 'none'}."
                     f"\n{IMAGENETC_LAYOUT}"
                 )
             found = sorted(e.name for e in os.scandir(sdir) if e.is_dir())
             if not found:
-                raise FileNotFoundError(f"{sdir!r} holds no <wnid> folders.\n{IMAGENETC_LAYOUT}")
+                raise TTAFileNotFoundError(f"{sdir!r} holds no <wnid> folders.\n{IMAGENETC_LAYOUT}")
             if wnids is None:
                 wnids, first = found, sdir
             elif found != wnids:
                 extra = sorted(set(found) - set(wnids))[:5]
                 lacking = sorted(set(wnids) - set(found))[:5]
-                raise ValueError(
+                raise TTAError(
                     f"{sdir!r} has different class folders from {first!r} (extra: {extra}, "
                     f"missing: {lacking}); labels are indices into the sorted wnids, so every "
                     "domain must hold the same classes."
@@ -153,7 +157,7 @@ def _list_images(sdir: str, wnids: list[str]) -> tuple[list[str], np.ndarray]:
         files.extend(os.path.join(wdir, n) for n in names)
         counts.append(len(names))
     if not files:
-        raise FileNotFoundError(
+        raise TTAFileNotFoundError(
             f"{sdir!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}).\n{IMAGENETC_LAYOUT}"
         )
     labels = np.repeat(np.arange(len(wnids), dtype=np.int64), counts)

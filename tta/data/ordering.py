@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from tta._errors import unknown
+from tta._errors import TTAError, unknown
 
 ORDERS = ("iid", "dirichlet", "sorted")
 
@@ -26,9 +26,9 @@ def check_delta(delta: float) -> float:
     try:
         value = float(delta)
     except (TypeError, ValueError):
-        raise ValueError(f"delta must be a number >= 0, got {delta!r}.") from None
+        raise TTAError(f"delta must be a number >= 0, got {delta!r}.") from None
     if not math.isfinite(value) or value < 0:
-        raise ValueError(
+        raise TTAError(
             f"delta must be a finite number >= 0 (0 sorts by label, small values are strongly "
             f"label-correlated, large values approach i.i.d.), got {delta!r}."
         )
@@ -38,7 +38,7 @@ def check_delta(delta: float) -> float:
 def _check_label_array(labels: np.ndarray) -> np.ndarray:
     arr = np.asarray(labels)
     if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
-        raise ValueError(
+        raise TTAError(
             f"labels must be a 1-D integer array, got dtype {arr.dtype} and shape {arr.shape}."
         )
     return arr
@@ -79,7 +79,7 @@ def dirichlet_order(
     classes, inverse = np.unique(labels, return_inverse=True)
     k = len(classes)
     if n < min_chunk * k:
-        raise ValueError(
+        raise TTAError(
             f"a Dirichlet order of {n} samples in {k} classes cannot give each of the {k} chunks "
             f"at least {min_chunk} samples (needs >= {min_chunk * k}); use more samples, "
             "order='iid' or order='sorted'."
@@ -150,4 +150,4 @@ def order_indices(
         return sorted_order(labels)
     if order == "dirichlet":
         return dirichlet_order(labels, delta, rng)
-    raise ValueError(unknown("order", order, ORDERS))
+    raise TTAError(unknown("order", order, ORDERS))

@@ -26,7 +26,7 @@ from typing import NamedTuple, Union
 import numpy as np
 import torch
 
-from tta._errors import unknown
+from tta._errors import TTAError, TTATypeError, unknown
 from tta.data.domain import Domain, to_float
 from tta.data.ordering import ORDERS, check_delta, order_indices
 
@@ -135,7 +135,7 @@ def _gather_mixed(
     shapes = {tuple(p.shape[1:]) for p in parts}
     if len(shapes) > 1:
         names = [d.name for d in domains]
-        raise ValueError(
+        raise TTAError(
             f"a mixed batch draws from domains {names} whose images differ in size "
             f"{sorted(shapes)}; give every domain the same image size."
         )
@@ -236,18 +236,18 @@ def make_stream(
     """
     domains = _check_domains(domains)
     if order not in ORDERS:
-        raise ValueError(unknown("order", order, ORDERS))
+        raise TTAError(unknown("order", order, ORDERS))
     if schedule not in SCHEDULES:
-        raise ValueError(unknown("schedule", schedule, SCHEDULES))
+        raise TTAError(unknown("schedule", schedule, SCHEDULES))
     delta = check_delta(delta)
     if (
         isinstance(batch_size, bool)
         or not isinstance(batch_size, (int, np.integer))
         or batch_size < 1
     ):
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
+        raise TTAError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be an integer >= 0, got {seed!r}.")
+        raise TTAError(f"seed must be an integer >= 0, got {seed!r}.")
     seed, batch_size = int(seed), int(batch_size)
 
     def visit(i: int, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -309,24 +309,24 @@ def _check_domains(domains: Domain | Iterable[Domain]) -> list[Domain]:
         domains = [domains]
     out = list(domains)
     if not out:
-        raise ValueError("make_stream needs at least one domain, got none.")
+        raise TTAError("make_stream needs at least one domain, got none.")
     for d in out:
         if not isinstance(d, Domain):
-            raise TypeError(
+            raise TTATypeError(
                 f"make_stream takes Domain objects (ArrayDomain, CIFARC(...), ImageNetC(...), "
                 f"TorchvisionDomain), got {type(d).__name__}."
             )
         if len(d) == 0:
-            raise ValueError(f"domain {d.name!r} is empty.")
+            raise TTAError(f"domain {d.name!r} is empty.")
     names = [d.name for d in out]
     if "mixed" in names:
-        raise ValueError(
+        raise TTAError(
             "a domain is named 'mixed', which Batch.domain reserves for batches drawn from several "
             "domains; rename it."
         )
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise ValueError(f"domain names must be distinct, repeated: {dupes}.")
+        raise TTAError(f"domain names must be distinct, repeated: {dupes}.")
     return out
 
 
@@ -335,7 +335,7 @@ def _gradual_plan(domains: list[Domain]) -> list[int]:
     by_corruption: dict[str, dict[int, int]] = {}
     for i, d in enumerate(domains):
         if d.corruption is None or d.severity is None:
-            raise ValueError(
+            raise TTAError(
                 f"schedule 'gradual' needs domains with a corruption and severity; {d.name!r} has "
                 "none. Use CIFARC/ImageNetC(..., severities=(1, 2, 3, 4, 5)) or set them."
             )
@@ -344,7 +344,7 @@ def _gradual_plan(domains: list[Domain]) -> list[int]:
     for corruption, sevs in by_corruption.items():
         missing = sorted(set(GRADUAL_SEVERITIES) - set(sevs))
         if missing:
-            raise ValueError(
+            raise TTAError(
                 f"schedule 'gradual' visits severities 1,2,3,4,5,4,3,2,1 of every corruption, but "
                 f"{corruption!r} lacks severities {missing}; load severities=(1, 2, 3, 4, 5)."
             )

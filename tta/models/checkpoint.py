@@ -19,6 +19,9 @@ from typing import Any, Optional, Union
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from tta._errors import TTAError, TTAFileNotFoundError, TTATypeError
 
 PathLike = Union[str, "os.PathLike[str]"]
 FORMAT = "tta-checkpoint-1"
@@ -47,19 +50,19 @@ def _torch_load(path: Path, trusted: bool) -> Any:
         # the unpickler cannot read means the bytes are not a checkpoint at all.
         found = re.search(r"GLOBAL ([\w.]+)", str(err))
         if found is None:
-            raise ValueError(_not_a_checkpoint(path, err)) from None
+            raise TTAError(_not_a_checkpoint(path, err)) from None
         if not trusted:
-            raise ValueError(
+            raise TTAError(
                 f"{path} holds a pickled Python object ({found.group(1)}) besides tensors, so "
                 "torch.load(weights_only=True) refused it. If you trust the file, pass trusted=True "
                 "to tta.load_model, which unpickles it fully (pickles can run arbitrary code)"
             ) from None
     except Exception as err:  # torch raises RuntimeError, EOFError, ... for damaged files
-        raise ValueError(_not_a_checkpoint(path, err)) from None
+        raise TTAError(_not_a_checkpoint(path, err)) from None
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:
-        raise ValueError(f"{path} could not be unpickled: {_short(err)}") from None
+        raise TTAError(f"{path} could not be unpickled: {_short(err)}") from None
 
 
 def _not_a_checkpoint(path: Path, err: BaseException) -> str:
@@ -96,13 +99,13 @@ def _unwrap(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
             break
         obj = inner
     if not isinstance(obj, Mapping) or not obj:
-        raise ValueError(
+        raise TTAError(
             f"{path} does not hold a state_dict: found {type(obj).__name__}"
             + (" (empty)" if isinstance(obj, Mapping) else "")
         )
     bad = [str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if bad:
-        raise ValueError(
+        raise TTAError(
             f"{path} does not hold a state_dict: entries {_first(bad)} are not tensors; expected "
             f"a mapping of tensors, possibly under one of the keys {', '.join(WRAPPER_KEYS)}"
         )
@@ -129,15 +132,15 @@ def read_checkpoint(
     """Load ``path`` on the CPU; return (state_dict with prefixes removed, tta metadata or {})."""
     path = Path(path).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"checkpoint file not found: {path.absolute()}")
+        raise TTAFileNotFoundError(f"checkpoint file not found: {path.absolute()}")
     if path.is_dir():
-        raise ValueError(f"checkpoint path {path} is a directory, not a file")
+        raise TTAError(f"checkpoint path {path} is a directory, not a file")
     with open(path, "rb") as handle:
         head = handle.read(1024)
     if not head:
-        raise ValueError(f"{path} is empty (0 bytes), not a torch checkpoint; download it again")
+        raise TTAError(f"{path} is empty (0 bytes), not a torch checkpoint; download it again")
     if _looks_like_html(head):
-        raise ValueError(
+        raise TTAError(
             f"{path} is an HTML page, not a torch checkpoint; a failed download (an error, login "
             "or quota page saved under the checkpoint's name) is the usual cause: download it again"
         )
@@ -186,7 +189,7 @@ def load_into(
             parts.append(f"{len(missing)} missing key(s): {_first(missing)}")
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected key(s): {_first(unexpected)}")
-        raise ValueError(
+        raise TTAError(
             f"{what} does not fit the architecture: "
             + "; ".join(parts)
             + ". Check the model spec and its options (e.g. width, depth)"
@@ -194,7 +197,7 @@ def load_into(
     if classifier is not None and classifier in own:
         have, want = tuple(state_dict[classifier].shape), tuple(own[classifier].shape)
         if have[:1] != want[:1]:
-            raise ValueError(
+            raise TTAError(
                 f"class count mismatch: {what} has {have[0]} classes ('{classifier}' has shape "
                 f"{have}) but the model was built for {want[0]}; pass num_classes={have[0]} or "
                 "leave num_classes unset to take it from the checkpoint"
@@ -205,13 +208,54 @@ def load_into(
         if tuple(v.shape) != tuple(own[k].shape)
     ]
     if wrong:
-        raise ValueError(
+        raise TTAError(
             f"{what} has {len(wrong)} tensor(s) of the wrong shape: "
             + "; ".join(wrong[:_SHOW])
             + (" ..." if len(wrong) > _SHOW else "")
             + ". Check the model spec and its options (e.g. width, depth)"
         )
+    check_bn_statistics(network, state_dict, what)
     network.load_state_dict(dict(state_dict), strict=False)
+
+
+def check_bn_statistics(
+    network: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str
+) -> None:
+    """Refuse BatchNorm statistics no trained network can have: a negative or non-finite
+    ``running_var`` or a non-finite ``running_mean`` (a damaged file, or one written after a
+    diverged training run). Every method that uses source statistics would turn them into NaN
+    predictions, so the checkpoint is refused at load time, naming ``what`` and the layer."""
+    for name, module in network.named_modules():
+        if not isinstance(module, _BatchNorm) or module.running_var is None:
+            continue
+        prefix = f"{name}." if name else ""
+        mean = state_dict.get(prefix + "running_mean")
+        var = state_dict.get(prefix + "running_var")
+        problems = []
+        if var is not None:
+            var = var.detach().double()
+            if not bool(torch.isfinite(var).all()):
+                problems.append(f"running_var holds {_non_finite(var)} values")
+            elif bool((var < 0).any()):
+                count = int((var < 0).sum())
+                problems.append(
+                    f"running_var is negative in {count} of {var.numel()} channels "
+                    f"(min {float(var.min()):.4g}); a variance is never negative"
+                )
+        if mean is not None and not bool(torch.isfinite(mean.detach().double()).all()):
+            problems.append(f"running_mean holds {_non_finite(mean.detach().double())} values")
+        if problems:
+            raise TTAError(
+                f"{what} has invalid BatchNorm statistics in layer {name or '<root>'!r}: "
+                + "; ".join(problems)
+                + ". The file is damaged or was saved after training diverged; use another "
+                "checkpoint"
+            )
+
+
+def _non_finite(t: torch.Tensor) -> str:
+    kinds = [k for k, m in (("NaN", torch.isnan(t)), ("Inf", torch.isinf(t))) if bool(m.any())]
+    return " and ".join(kinds)
 
 
 def _plain(value: Any) -> Any:
@@ -232,6 +276,29 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+def check_output_file(path: PathLike, what: str = "checkpoint path") -> Path:
+    """Refuse an output path that cannot become a file before any work is done: an existing
+    directory, a parent that is a file, or a parent folder without write permission."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise TTAError(
+            f"{what} {str(path)!r} is an existing directory; give a file name, e.g. "
+            f"{str(path / 'model.pt')!r}"
+        )
+    parent = path.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise TTAError(
+            f"{what} {str(path)!r} cannot be written: {str(parent)!r} is a file, not a directory"
+        )
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise TTAError(
+            f"{what} {str(path)!r} cannot be written: no write permission in {str(parent)!r}"
+        )
+    return path
+
+
 def save_checkpoint(model: nn.Module, path: PathLike, info: Optional[dict] = None) -> Path:
     """Write a ``NormalizedModel`` with its metadata to ``path`` atomically; return the path.
 
@@ -242,7 +309,7 @@ def save_checkpoint(model: nn.Module, path: PathLike, info: Optional[dict] = Non
     from tta.models.normalize import NormalizedModel
 
     if not isinstance(model, NormalizedModel):
-        raise TypeError(
+        raise TTATypeError(
             f"save_checkpoint needs a model from tta.load_model / tta.train_model, "
             f"got {type(model).__name__}"
         )

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tta._errors import TTAError
+
 
 class ZeroPadShortcut(nn.Module):
     """Shortcut without parameters: average-pool by ``stride``, then append zero channels."""
@@ -25,7 +27,7 @@ class ZeroPadShortcut(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
         super().__init__()
         if out_channels < in_channels:
-            raise ValueError(f"cannot shrink {in_channels} to {out_channels} channels")
+            raise TTAError(f"cannot shrink {in_channels} to {out_channels} channels")
         self.extra = out_channels - in_channels
         self.stride = stride
 
@@ -64,11 +66,11 @@ class CifarResNet(nn.Module):
     ) -> None:
         super().__init__()
         if depth < 8 or (depth - 2) % 6:
-            raise ValueError(
+            raise TTAError(
                 f"CIFAR ResNet depth must be 6N+2 with N >= 1 (8, 14, 20, 26, ...), got {depth}"
             )
         if width < 1:
-            raise ValueError(f"width must be a positive integer, got {width}")
+            raise TTAError(f"width must be a positive integer, got {width}")
         blocks = (depth - 2) // 6
         self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
         channels = 16

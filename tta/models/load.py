@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
+from tta._errors import TTAError
 from tta.models.checkpoint import (
     PathLike,
     load_into,
@@ -40,7 +42,7 @@ def _resolve_stats(name: str, given: Stats, recorded: Stats, known: bool, where:
         return recorded
     if known and not _same(given, recorded):
         shown = None if recorded is None else list(_as_vector(name, recorded).tolist())
-        raise ValueError(
+        raise TTAError(
             f"{where} records {name}={shown} (None means raw [0, 1] input) but {name}="
             f"{list(_as_vector(name, given).tolist())} was given; leave {name} unset to use the "
             "checkpoint's value"
@@ -80,22 +82,22 @@ def load_model(
     meta: dict[str, Any] = {}
     if checkpoint is not None:
         state_dict, meta = read_checkpoint(checkpoint, trusted=trusted)
-    where = f"checkpoint {checkpoint}"
+    where = f"checkpoint {Path(checkpoint).expanduser() if checkpoint is not None else None}"
     recorded_spec = meta.get("spec")
     if spec is None:
         if recorded_spec is None:
-            raise ValueError(
+            raise TTAError(
                 "give a model spec (e.g. 'wrn28_10', 'resnet26', 'timm:resnet18')"
                 + (f"; {where} does not record one" if checkpoint is not None else "")
             )
         spec = recorded_spec
     check_spec(spec)
     if recorded_spec is not None and recorded_spec != spec:
-        raise ValueError(f"{where} was saved from model {recorded_spec!r}, not {spec!r}")
+        raise TTAError(f"{where} was saved from model {recorded_spec!r}, not {spec!r}")
     options = {**meta.get("arch_options", {}), **arch_options}
     recorded_classes = meta.get("num_classes")
     if num_classes is not None and recorded_classes is not None and num_classes != recorded_classes:
-        raise ValueError(
+        raise TTAError(
             f"class count mismatch: {where} has {recorded_classes} classes but "
             f"num_classes={num_classes} was given; leave num_classes unset to use the checkpoint's"
         )

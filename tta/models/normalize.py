@@ -14,6 +14,8 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
+from tta._errors import TTAError
+
 Stats = Optional[Union[float, Sequence[float], torch.Tensor]]
 
 # Reference values, for convenience; pass them explicitly as ``mean=`` / ``std=``.
@@ -28,9 +30,9 @@ def _as_vector(name: str, value: Stats) -> Optional[torch.Tensor]:
         return None
     vec = torch.as_tensor(value, dtype=torch.float32).flatten().clone()
     if vec.numel() == 0:
-        raise ValueError(f"{name} is empty; give one value per channel or a single value")
+        raise TTAError(f"{name} is empty; give one value per channel or a single value")
     if not torch.isfinite(vec).all():
-        raise ValueError(f"{name} must be finite, got {vec.tolist()}")
+        raise TTAError(f"{name} must be finite, got {vec.tolist()}")
     return vec
 
 
@@ -48,20 +50,20 @@ class Normalize(nn.Module):
         super().__init__()
         m, s = _as_vector("mean", mean), _as_vector("std", std)
         if (m is None) != (s is None):
-            raise ValueError(
+            raise TTAError(
                 "give both mean and std for input normalisation, or neither (raw [0, 1] input); "
                 f"got mean={None if m is None else m.tolist()}, "
                 f"std={None if s is None else s.tolist()}"
             )
         if s is not None and not (s > 0).all():
-            raise ValueError(f"std must be positive, got {s.tolist()}")
+            raise TTAError(f"std must be positive, got {s.tolist()}")
         if m is not None and s is not None and m.numel() != s.numel():
             if m.numel() == 1:
                 m = m.expand_as(s).clone()
             elif s.numel() == 1:
                 s = s.expand_as(m).clone()
             else:
-                raise ValueError(
+                raise TTAError(
                     f"mean has {m.numel()} values but std has {s.numel()}; give one per channel"
                 )
         self.register_buffer("mean", m)
@@ -76,7 +78,7 @@ class Normalize(nn.Module):
             return x
         channels = x.shape[1] if x.dim() > 1 else 0
         if self.mean.numel() not in (1, channels):
-            raise ValueError(
+            raise TTAError(
                 f"input has {channels} channels but the normalisation has "
                 f"{self.mean.numel()} values"
             )

@@ -11,7 +11,7 @@ from typing import Any, Callable, Optional
 
 from torch import nn
 
-from tta._errors import did_you_mean, unknown
+from tta._errors import TTAError, TTATypeError, did_you_mean, unknown
 from tta.models.cifar_resnet import CifarResNet
 from tta.models.wide_resnet import WideResNet
 
@@ -47,17 +47,17 @@ def describe() -> dict[str, str]:
 def check_spec(spec: str) -> str:
     """Return ``spec`` if it names a buildable network, else raise a ValueError saying why."""
     if not isinstance(spec, str) or not spec:
-        raise ValueError(f"model spec must be a non-empty string, got {spec!r}")
+        raise TTAError(f"model spec must be a non-empty string, got {spec!r}")
     if spec in _CIFAR:
         return spec
     family, sep, name = spec.partition(":")
     if sep and family in PREFIXES:
         if not name:
-            raise ValueError(f"model spec {spec!r} names no architecture after '{family}:'")
+            raise TTAError(f"model spec {spec!r} names no architecture after '{family}:'")
         return spec
     if sep:
-        raise ValueError(unknown("model family", family, PREFIXES))
-    raise ValueError(unknown("model spec", spec, spec_names()))
+        raise TTAError(unknown("model family", family, PREFIXES))
+    raise TTAError(unknown("model spec", spec, spec_names()))
 
 
 def build_network(spec: str, num_classes: Optional[int] = None, **options: Any) -> nn.Module:
@@ -68,7 +68,7 @@ def build_network(spec: str, num_classes: Optional[int] = None, **options: Any) 
     """
     check_spec(spec)
     if num_classes is not None and (isinstance(num_classes, bool) or int(num_classes) < 1):
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        raise TTAError(f"num_classes must be a positive integer, got {num_classes!r}")
     if spec in _CIFAR:
         builder, defaults, _ = _CIFAR[spec]
         kwargs = {**defaults, **options}
@@ -76,11 +76,11 @@ def build_network(spec: str, num_classes: Optional[int] = None, **options: Any) 
         try:
             return builder(num_classes=classes, **kwargs)
         except TypeError as err:
-            raise TypeError(f"bad option for model {spec!r}: {err}") from None
+            raise TTATypeError(f"bad option for model {spec!r}: {err}") from None
     family, _, name = spec.partition(":")
     for key in ("pretrained", "weights", "pretrained_cfg_overlay"):
         if key in options:
-            raise ValueError(
+            raise TTAError(
                 f"option {key!r} is not supported: tta never downloads weights; pass a local "
                 "checkpoint file instead"
             )
@@ -95,7 +95,7 @@ def _build_timm(name: str, options: dict[str, Any]) -> nn.Module:
     import timm
 
     if not timm.is_model(name):
-        raise ValueError(
+        raise TTAError(
             f"unknown timm model {name!r}.{did_you_mean(name, timm.list_models())} "
             "See timm.list_models() for the valid names."
         )
@@ -107,7 +107,7 @@ def _build_torchvision(name: str, options: dict[str, Any]) -> nn.Module:
 
     names = torchvision.models.list_models()
     if name not in names:
-        raise ValueError(
+        raise TTAError(
             f"unknown torchvision model {name!r}.{did_you_mean(name, names)} "
             "See torchvision.models.list_models() for the valid names."
         )

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tta._errors import unknown
-from tta.models.checkpoint import PathLike, save_checkpoint
+from tta._errors import TTAError, TTATypeError, unknown
+from tta.models.checkpoint import PathLike, check_output_file, save_checkpoint
 from tta.models.load import load_model
 from tta.models.normalize import NormalizedModel, Stats
 
@@ -49,17 +49,19 @@ def as_image_tensor(images: ArrayLike, name: str = "images") -> torch.Tensor:
     """
     x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
     if x.dim() != 4:
-        raise ValueError(f"{name} must have 4 dimensions, got shape {tuple(x.shape)}")
+        raise TTAError(f"{name} must have 4 dimensions, got shape {tuple(x.shape)}")
     if x.dtype == torch.uint8:
         if x.shape[-1] not in (1, 3):
-            raise ValueError(
+            raise TTAError(
                 f"uint8 {name} must be (N, H, W, C) with C = 1 or 3, got shape {tuple(x.shape)}"
             )
         return x.permute(0, 3, 1, 2).contiguous()
     if not x.is_floating_point():
-        raise TypeError(f"{name} must be uint8 (N, H, W, C) or float (N, C, H, W), got {x.dtype}")
+        raise TTATypeError(
+            f"{name} must be uint8 (N, H, W, C) or float (N, C, H, W), got {x.dtype}"
+        )
     if x.numel() and (x.min() < 0 or x.max() > 1):
-        raise ValueError(
+        raise TTAError(
             f"float {name} must lie in [0, 1] (found [{x.min().item():.3g}, {x.max().item():.3g}]); "
             "pass raw images and give mean/std to the model instead of normalising the data"
         )
@@ -69,12 +71,12 @@ def as_image_tensor(images: ArrayLike, name: str = "images") -> torch.Tensor:
 def as_label_tensor(labels: ArrayLike, count: int, num_classes: Optional[int]) -> torch.Tensor:
     y = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels)
     if y.dim() != 1 or y.shape[0] != count:
-        raise ValueError(f"labels must have shape ({count},), got {tuple(y.shape)}")
+        raise TTAError(f"labels must have shape ({count},), got {tuple(y.shape)}")
     if y.is_floating_point() or y.dtype == torch.bool:
-        raise TypeError(f"labels must be integers, got {y.dtype}")
+        raise TTATypeError(f"labels must be integers, got {y.dtype}")
     y = y.long()
     if count and (y.min() < 0 or (num_classes is not None and y.max() >= num_classes)):
-        raise ValueError(
+        raise TTAError(
             f"labels must lie in [0, {num_classes}) , found [{y.min().item()}, {y.max().item()}]"
             if num_classes is not None
             else f"labels must be non-negative, found {y.min().item()}"
@@ -120,7 +122,7 @@ def evaluate(
     x = as_image_tensor(images)
     y = as_label_tensor(labels, x.shape[0], None)
     if x.shape[0] == 0:
-        raise ValueError("cannot evaluate on an empty set of images")
+        raise TTAError("cannot evaluate on an empty set of images")
     was_training = model.training
     model.eval()
     correct = 0
@@ -134,9 +136,9 @@ def evaluate(
 
 def _check_positive(name: str, value: Any, kind: type = int) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ValueError(f"{name} must be a positive {kind.__name__}, got {value!r}")
+        raise TTAError(f"{name} must be a positive {kind.__name__}, got {value!r}")
     if kind is int and int(value) != value:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+        raise TTAError(f"{name} must be a positive int, got {value!r}")
 
 
 def train_model(
@@ -175,21 +177,23 @@ def train_model(
     log: called with one line per epoch (e.g. ``print``).
     """
     if optimizer not in OPTIMIZERS:
-        raise ValueError(unknown("optimizer", optimizer, OPTIMIZERS))
+        raise TTAError(unknown("optimizer", optimizer, OPTIMIZERS))
     _check_positive("epochs", epochs)
     _check_positive("batch_size", batch_size)
     if isinstance(crop_padding, bool) or not isinstance(crop_padding, int) or crop_padding < 0:
-        raise ValueError(f"crop_padding must be a non-negative int, got {crop_padding!r}")
+        raise TTAError(f"crop_padding must be a non-negative int, got {crop_padding!r}")
     lr = (0.1 if optimizer == "sgd" else 1e-3) if lr is None else lr
     _check_positive("lr", lr, float)
     if weight_decay is None:
         weight_decay = 5e-4 if optimizer == "sgd" else 0.0
     if weight_decay < 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+        raise TTAError(f"weight_decay must be >= 0, got {weight_decay!r}")
+    if out is not None:
+        check_output_file(out)  # before training, not after it
     x = as_image_tensor(images)
     n = x.shape[0]
     if n < 2:
-        raise ValueError(f"need at least 2 training images, got {n}")
+        raise TTAError(f"need at least 2 training images, got {n}")
     y = as_label_tensor(labels, n, num_classes)
     if num_classes is None:
         num_classes = int(y.max()) + 1

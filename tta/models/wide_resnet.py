@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tta._errors import TTAError
+
 
 class WideBasicBlock(nn.Module):
     """Pre-activation basic block; ``convShortcut`` is set only when the shape changes."""
@@ -71,11 +73,11 @@ class WideResNet(nn.Module):
     ) -> None:
         super().__init__()
         if depth < 10 or (depth - 4) % 6:
-            raise ValueError(
+            raise TTAError(
                 f"WideResNet depth must be 6N+4 with N >= 1 (10, 16, 22, 28, ...), got {depth}"
             )
         if widen_factor < 1:
-            raise ValueError(f"widen_factor must be a positive integer, got {widen_factor}")
+            raise TTAError(f"widen_factor must be a positive integer, got {widen_factor}")
         n = (depth - 4) // 6
         widths = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
         self.conv1 = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
