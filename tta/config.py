@@ -19,6 +19,7 @@ import yaml
 
 from tta._errors import TTAError, TTAFileNotFoundError, TTATypeError, did_you_mean
 from tta.options import Option, at_least_one, in_range
+from tta.plugins import load_plugins
 
 DATA_SOURCES = ("cifar-c", "imagenet-c", "corrupt")
 DEVICES = "auto, cpu, cuda, cuda:N (N = 0, 1, ...) or mps"
@@ -107,6 +108,14 @@ SCHEMA: dict[str, Any] = {
             at_least_one,
             nullable=True,
         ),
+        "source_data": Option(
+            None,
+            str,
+            "clean source-domain set for methods that need one (EATA's Fisher): 'mnist5k', "
+            "'cifar10:<folder>', 'cifar100:<folder>' or .npz; its training split is used "
+            "(default: data.clean's)",
+            nullable=True,
+        ),
     },
     "stream": {
         "order": Option(
@@ -122,6 +131,9 @@ SCHEMA: dict[str, Any] = {
         "batch_size": Option(64, int, "test batch size", at_least_one),
     },
     "methods": Option(["tbn"], list, "methods to compare with source (names or mappings)"),
+    "plugins": Option(
+        [], list, "modules or .py files to import first (they register third-party methods)"
+    ),
 }
 
 PathLike = Union[str, Path]
@@ -286,6 +298,8 @@ def resolve_config(config: Mapping[str, Any]) -> dict[str, Any]:
     out["model"]["checkpoint"] = _expand(out["model"]["checkpoint"])
     out["data"]["root"] = _expand(out["data"]["root"])
     out["data"]["clean"] = _expand_clean(out["data"]["clean"])
+    out["data"]["source_data"] = _expand_clean(out["data"]["source_data"])
+    load_plugins(out["plugins"])  # before the methods they register are checked
     method_entries(out["methods"])
     return out
 

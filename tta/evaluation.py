@@ -171,6 +171,41 @@ def _data_inputs(source: str, root: str, domains: list[Domain]) -> dict[str, Inp
     return inputs
 
 
+def source_images(
+    data: Mapping[str, Any], entries: list[dict[str, Any]], seed: int
+) -> Optional[torch.Tensor]:
+    """Clean source images for the methods that ask for them (EATA's Fisher), or None.
+
+    A seeded subset of the training split of ``data.source_data`` (``data.clean`` by default for
+    ``data.source: corrupt``), as many as the most demanding method wants.
+    """
+    from tta.models.data import load_dataset
+    from tta.wrapper import resolve_method
+
+    wanted = {}
+    for e in entries:
+        cls, _, _, options = resolve_method(e["name"], e["options"])
+        if cls is not None and cls.source_images_wanted(options) > 0:
+            wanted[e["label"]] = cls.source_images_wanted(options)
+    if not wanted:
+        return None
+    name = data["source_data"] or (data["clean"] if data["source"] == "corrupt" else None)
+    if name is None:
+        raise TTAError(
+            f"method {', '.join(map(repr, wanted))} needs clean source images: set "
+            "data.source_data ('cifar10:<folder>', 'cifar100:<folder>', 'mnist5k' or an .npz "
+            "file; its training split is used)"
+        )
+    train_x, train_y, _, _ = load_dataset(name)
+    if len(train_x) == 0:
+        raise TTAError(
+            f"data.source_data {name!r} has no training split to take source images from"
+        )
+    rows = subset_rows(len(train_x), max(wanted.values()), seed)
+    source = ArrayDomain(train_x[rows], train_y[rows], "source")
+    return source.get(np.arange(len(rows)))[0]
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` (CUDA when available, else the CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; a
     device this machine lacks is a TTAError."""
@@ -409,7 +444,8 @@ def evaluate(
         inputs["model"] = ("value", _runs.model_fingerprint(model))
     domains, data_inputs = _build_domains(config["data"], seed)
     inputs.update(data_inputs)
-    check_model(model, domains)
+    num_classes = check_model(model, domains)
+    images = source_images(config["data"], entries, seed)
     s = config["stream"]
     stream = make_stream(domains, s["order"], s["delta"], s["schedule"], s["batch_size"], seed)
     names = stream.domain_names
@@ -438,7 +474,13 @@ def evaluate(
         for entry in entries:
             # The run context gives every method the run's seed and the stream's batch size (so
             # UnMix-TNS's λ does not change on a domain's last, shorter batch).
-            context = RunContext(seed=seed, batch_size=s["batch_size"], device=device)
+            context = RunContext(
+                seed=seed,
+                batch_size=s["batch_size"],
+                device=device,
+                num_classes=num_classes,
+                source_images=images,
+            )
             units[entry["label"]] = []
             for segment in stream.segments():
                 path = unit_path(out, entry["label"], segment.name)

@@ -78,6 +78,11 @@ class Method(nn.Module):
         self.wants_reset = False  # set by a method that asks the wrapper for a full reset (SAR)
 
     # -- hooks ---------------------------------------------------------------------------------
+    @classmethod
+    def source_images_wanted(cls, options: dict[str, Any]) -> int:
+        """How many clean source images a run must put in ``context.source_images`` (EATA)."""
+        return 0
+
     def prepare(self) -> None:
         """One-off set-up once the norm layers are in place (default: nothing)."""
 

@@ -89,7 +89,10 @@ class EATA(ETA):
         ),
         "fisher_samples": Option(2000, int, "clean source images for the Fisher", at_least_one),
     }
-    needs_source_images = True
+
+    @classmethod
+    def source_images_wanted(cls, options: dict) -> int:
+        return options["fisher_samples"]
 
     def prepare(self) -> None:
         super().prepare()
