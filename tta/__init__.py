@@ -7,6 +7,7 @@ returns a module that predicts and adapts online as batches pass.
 from __future__ import annotations
 
 from tta import methods, norms  # noqa: F401  (registers every method)
+from tta._errors import TTAError
 from tta.methods import GradientMethod, Method, RunContext
 from tta.models import load_model, train_model  # noqa: F401
 from tta.registry import available_methods, register_method
@@ -27,6 +28,7 @@ __all__ = [
     "GradientMethod",
     "Method",
     "RunContext",
+    "TTAError",
     "adapt",
     "available_methods",
     "evaluate",
