@@ -8,7 +8,9 @@ Per batch, as in the authors' code:
 3. second forward at the perturbed point; keep samples reliable in both passes; the gradient of
    their mean entropy, taken there, updates θ with the base optimiser (SGD by default);
 4. a moving average (0.9) of the second loss; when it falls below ``reset_threshold`` the model
-   has collapsed to confident predictions and is reset to its initial state.
+   has collapsed to confident predictions and is reset to its initial state (parameters, norm
+   statistics, the moving average) — but, as in the authors' code, the base optimiser keeps its
+   momentum through that recovery. ``adapted.reset()`` called by the user restores everything.
 
 Trained: γ, β of the norm layers except those whose names mark the top of the network in the
 authors' code (``layer4`` of ResNets, ``blocks.9``–``blocks.11`` and the final ``norm`` of ViTs).
@@ -18,6 +20,7 @@ pass saw and leaves them as the first pass left them: SAM perturbs θ of one and
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -100,7 +103,18 @@ class SAR(GradientMethod):
             opt.zero_grad(set_to_none=True)
         if self.loss_ema is not None and self.loss_ema < self.hparams["reset_threshold"]:
             self.wants_reset = True
+            # The authors' recovery (and MDTTA's) restores the model and SAM's own state but not
+            # the base optimiser's (SGD momentum): keep it across the reset, as they do.
+            self._kept_optimizer_state = copy.deepcopy(self.optimizer.state_dict()["state"])
         return logits.detach()
+
+    def reset(self) -> None:
+        kept = getattr(self, "_kept_optimizer_state", None)
+        self._kept_optimizer_state = None
+        if kept is not None:  # a recovery, not a reset asked for by the user
+            state = self.optimizer.state_dict()
+            state["state"] = kept
+            self.optimizer.load_state_dict(state)
 
     @torch.no_grad()
     def _ascend(self, params: list[nn.Parameter]) -> list[tuple[nn.Parameter, torch.Tensor]]:
