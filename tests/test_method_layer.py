@@ -22,6 +22,18 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_evaluation import config, tiny_model  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _registry_restored():
+    """Methods a test registers (plugins) are removed afterwards, so other tests see tta's own."""
+    before, modules = dict(METHODS), set(sys.modules)
+    yield
+    METHODS.clear()
+    METHODS.update(before)
+    for name in set(sys.modules) - modules:
+        if name.startswith("tta_plugin_"):
+            del sys.modules[name]
+
+
 def test_duplicate_method_name_is_refused():
     class Again(Method):
         name = "tent"

@@ -168,8 +168,8 @@ def test_unknown_specs_are_named_with_a_suggestion():
         load_model("torchvision:resnt18")
     with pytest.raises(ValueError, match=r"unknown model family 'tim'.*'timm'"):
         load_model("tim:resnet18")
-    with pytest.raises(ValueError, match="'pretrained' is not supported: tta never downloads"):
-        load_model("timm:resnet18", pretrained=True)
+    with pytest.raises(ValueError, match="'pretrained_cfg_overlay' is not an architecture option"):
+        load_model("timm:resnet18", pretrained_cfg_overlay={})
     with pytest.raises(ValueError, match="give a model spec"):
         load_model()
     with pytest.raises(ValueError, match="depth must be 6N\\+2"):

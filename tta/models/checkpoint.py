@@ -130,6 +130,14 @@ def read_checkpoint(
     path: PathLike, trusted: bool = False
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Load ``path`` on the CPU; return (state_dict with prefixes removed, tta metadata or {})."""
+    path = check_file(path)
+    state_dict, meta = _unwrap(_torch_load(path, trusted), path)
+    return strip_prefixes(state_dict), meta
+
+
+def check_file(path: PathLike) -> Path:
+    """Refuse a checkpoint path that is missing, a directory, empty or an HTML page saved by a
+    failed download, before any library tries to unpickle it; return it as a ``Path``."""
     path = Path(path).expanduser()
     if not path.exists():
         raise TTAFileNotFoundError(f"checkpoint file not found: {path.absolute()}")
@@ -144,8 +152,7 @@ def read_checkpoint(
             f"{path} is an HTML page, not a torch checkpoint; a failed download (an error, login "
             "or quota page saved under the checkpoint's name) is the usual cause: download it again"
         )
-    state_dict, meta = _unwrap(_torch_load(path, trusted), path)
-    return strip_prefixes(state_dict), meta
+    return path
 
 
 def split_normalize(

@@ -1,8 +1,9 @@
 """Build a bare network (no normalisation, no weights) from a spec string.
 
 Specs: the CIFAR networks defined here (``resnet26``, ``wrn28_10``, ...), ``timm:<name>``
-(built with ``pretrained=False``) and ``torchvision:<name>`` (built with ``weights=None``).
-Nothing is ever downloaded; weights come from a local checkpoint.
+(built with ``pretrained=False``), ``torchvision:<name>`` (built with ``weights=None``) and
+``robustbench:<dataset>/<threat_model>/<name>`` (the zoo's architecture). Nothing is downloaded
+here; pretrained weights are loaded by ``tta.models.pretrained`` (through ``tta.load_model``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ _CIFAR: dict[str, tuple[Callable[..., nn.Module], dict[str, Any], str]] = {
     ),
 }
 DEFAULT_NUM_CLASSES = 10
-PREFIXES = ("timm", "torchvision")
+PREFIXES = ("timm", "torchvision", "robustbench")
 
 
 def spec_names() -> list[str]:
@@ -54,6 +55,10 @@ def check_spec(spec: str) -> str:
     if sep and family in PREFIXES:
         if not name:
             raise TTAError(f"model spec {spec!r} names no architecture after '{family}:'")
+        if family == "robustbench":
+            from tta.models.pretrained import parse_robustbench
+
+            parse_robustbench(spec)
         return spec
     if sep:
         raise TTAError(unknown("model family", family, PREFIXES))
@@ -78,17 +83,33 @@ def build_network(spec: str, num_classes: Optional[int] = None, **options: Any) 
         except TypeError as err:
             raise TTATypeError(f"bad option for model {spec!r}: {err}") from None
     family, _, name = spec.partition(":")
-    for key in ("pretrained", "weights", "pretrained_cfg_overlay"):
+    for key in ("pretrained", "weights", "pretrained_cfg_overlay", "pretrained_tag", "model_dir"):
         if key in options:
             raise TTAError(
-                f"option {key!r} is not supported: tta never downloads weights; pass a local "
-                "checkpoint file instead"
+                f"option {key!r} is not an architecture option; pretrained weights are loaded by "
+                "tta.load_model(spec, weights=... | pretrained=True, pretrained_tag=..., "
+                "model_dir=...)"
             )
+    if family == "robustbench":
+        return _build_robustbench(spec, num_classes, options)
     if num_classes is not None:
         options = {**options, "num_classes": int(num_classes)}
     if family == "timm":
         return _build_timm(name, options)
     return _build_torchvision(name, options)
+
+
+def _build_robustbench(spec: str, num_classes: Optional[int], options: dict[str, Any]) -> nn.Module:
+    from tta.models.pretrained import ROBUSTBENCH_DATASETS, build_robustbench_architecture
+
+    classes = ROBUSTBENCH_DATASETS[spec.partition(":")[2].split("/")[0]]
+    if num_classes is not None and int(num_classes) != classes:
+        raise TTAError(f"model {spec!r} has {classes} classes, not num_classes={num_classes}")
+    if options:
+        raise TTAError(
+            f"model {spec!r} takes no architecture options, got {', '.join(map(repr, options))}"
+        )
+    return build_robustbench_architecture(spec)
 
 
 def _build_timm(name: str, options: dict[str, Any]) -> nn.Module:
