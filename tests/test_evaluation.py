@@ -254,3 +254,108 @@ def test_unmix_tns_gets_the_stream_batch_size_and_the_run_seed():
     assert given.batch_size == 200
     assert torch.equal(given.components, layer(tta.adapt(net, "unmix-tns", seed=1)).components)
     assert not torch.equal(given.components, by_context.components)
+
+
+def test_seeds_run_keeps_each_seed_and_reports_mean_and_std(tmp_path, monkeypatch):
+    """`seeds: [3, 4]`: each seed is exactly the run `seed: <s>` would make (units under
+    units/seed-<s>/), and the reports show mean ± std (ddof = 1) over the seeds, Δ paired."""
+    single = {s: tmp_path / f"single{s}" for s in (3, 4)}
+    per = {}
+    for s, folder in single.items():
+        cfg = config(folder)
+        cfg["seed"] = s
+        per[s] = tta.evaluate(cfg, model=tiny_model())
+        saved = json.loads((folder / "out" / "results.json").read_text())
+        assert "seeds" not in saved and "per_seed" not in saved and "seeds" not in saved["config"]
+        assert (folder / "out" / "units" / "tbn" / "fog-5.json").is_file()
+    cfg = config(tmp_path)
+    del cfg["seed"]
+    cfg["seeds"] = [3, 4]
+    res = tta.evaluate(cfg, model=tiny_model())
+    out = tmp_path / "out"
+    assert res["seeds"] == [3, 4] and "seed" not in res and "seed" not in res["config"]
+    assert (out / "units" / "seed-4" / "unmix-tns" / "fog-5.json").is_file()
+    timing = ("seconds", "images_per_second")
+    strip = lambda ms: [{k: v for k, v in m.items() if k not in timing} for m in ms]  # noqa: E731
+    for run, s in zip(res["per_seed"], (3, 4)):
+        assert run["seed"] == s
+        assert strip(run["methods"]) == strip(per[s]["methods"])
+        assert run["stream"] == per[s]["stream"]
+    for i, m in enumerate(res["methods"]):
+        a, b = per[3]["methods"][i], per[4]["methods"][i]
+        assert m["label"] == a["label"]
+        assert m["mean_error"] == pytest.approx((a["mean_error"] + b["mean_error"]) / 2)
+        assert m["mean_error_std"] == pytest.approx(
+            np.std([a["mean_error"], b["mean_error"]], ddof=1)
+        )
+        deltas = [a["delta_vs_source"], b["delta_vs_source"]]
+        assert m["delta_vs_source"] == pytest.approx(np.mean(deltas))
+        assert m["delta_vs_source_std"] == pytest.approx(np.std(deltas, ddof=1))
+        for d in m["errors"]:
+            errs = [a["errors"][d], b["errors"][d]]
+            assert m["errors"][d] == pytest.approx(np.mean(errs))
+            assert m["errors_std"][d] == pytest.approx(np.std(errs, ddof=1))
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["per_seed"][1]["methods"][2]["errors"] == per[4]["methods"][2]["errors"]
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert len(rows) == 4 * 2 and {"error_std", "delta_std", "seeds"} <= set(rows[0])
+    tbn = res["methods"][1]
+    row = next(r for r in rows if r["method"] == "tbn" and r["domain"] == "fog-5")
+    assert float(row["error_std"]) == pytest.approx(tbn["errors_std"]["fog-5"], abs=1e-4)
+    summary = (out / "summary.md").read_text()
+    assert f"{tbn['mean_error']:.1f} ± {tbn['mean_error_std']:.1f}" in summary
+    assert "2 seeds (3, 4)" in summary and "ddof = 1" in summary
+    assert (out / "errors.png").stat().st_size > 1000
+    # Resume: only a missing per-seed unit runs again, and the results are the same.
+    (out / "units" / "seed-4" / "tbn" / "fog-5.json").unlink()
+    import tta.evaluation as ev
+
+    calls = []
+    real = ev.run_unit
+    monkeypatch.setattr(ev, "run_unit", lambda *a, **k: calls.append(a[4]) or real(*a, **k))
+    again = tta.evaluate(cfg, model=tiny_model())
+    assert calls == ["tbn | fog-5 | seed 4"]
+    assert strip(again["methods"]) == strip(res["methods"])
+
+
+@pytest.mark.parametrize(
+    "given, err, pattern",
+    [
+        ({"seeds": []}, ValueError, "'seeds' must be a non-empty list of integer seeds"),
+        ({"seeds": [1, "2"]}, ValueError, "'seeds' must be a non-empty list of integer seeds"),
+        ({"seeds": [1, True]}, ValueError, "'seeds' must be a non-empty list of integer seeds"),
+        ({"seeds": [1, 1]}, ValueError, "'seeds' lists a seed more than once"),
+        ({"seeds": [-1]}, ValueError, r"'seeds' must hold seeds in \[0, 2\*\*63\)"),
+        ({"seeds": [2**63]}, ValueError, r"'seeds' must hold seeds in \[0, 2\*\*63\)"),
+        ({"seeds": {"a": 1}}, TypeError, "'seeds' must be list or null"),
+        ({"seed": 1, "seeds": [1, 2]}, ValueError, "'seed' .* and 'seeds' .* are both set"),
+        ({"sedes": [1]}, ValueError, "Did you mean 'seeds'"),
+    ],
+)
+def test_seeds_config_errors(given, err, pattern):
+    with pytest.raises(err, match=pattern):
+        resolve_config(given)
+
+
+def test_seeds_resolve_and_cli_override(tmp_path):
+    """A resolved config holds `seed` or `seeds`, never both, and resolves to itself; on the
+    command line `seeds=[...]` replaces the file's `seed` (and `seed=` the file's `seeds`)."""
+    one = resolve_config({})
+    assert one["seed"] == 0 and "seeds" not in one
+    many = resolve_config({"seeds": 5})
+    assert many["seeds"] == [5] and "seed" not in many
+    assert resolve_config(many) == many and resolve_config(one) == one
+    path = tmp_path / "run.yaml"
+    path.write_text("seed: 3\n")
+    assert load_config(path, ["seeds=[1,2,3]"])["seeds"] == [1, 2, 3]
+    path.write_text("seeds: [1, 2]\n")
+    assert load_config(path, ["seed=4"])["seed"] == 4
+    with pytest.raises(ValueError, match="both set"):
+        load_config(path, ["seed=4", "seeds=[5]"])
+    cfg = config(tmp_path)
+    cfg["model"] = {"spec": "resnet8", "num_classes": 4}
+    cfg["data"]["num_samples"] = 8
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(path), "seeds=[1,2]", "methods=[tbn]"]) == 0
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["seeds"] == [1, 2] and len(saved["per_seed"]) == 2

@@ -390,6 +390,55 @@ def test_unmix_initial_mixture_reproduces_source_on_average(k):
         assert (z.abs() < 0.3).all()
 
 
+@pytest.mark.parametrize("spread", [0.5, 0.2])
+@pytest.mark.parametrize("k", [2, 4, 16])
+def test_unmix_centered_init_has_exactly_the_source_moments(k, spread):
+    """init="centered": per channel Σ_k ε_k = 0 and Σ_k ε_k² = K − 1, so the equal-weight
+    mixture has mean_k μ_k = μ_s and (1/K)Σ_k σ²_k + (1/K)Σ_k (μ_k − μ_s)² = σ²_s exactly (checked
+    in float64 to 1e-12)."""
+    from tta.norms.unmix_tns import initial_components
+
+    g = gen(7)
+    mu_s = torch.randn(64, generator=g, dtype=torch.float64)
+    var_s = 0.1 + torch.rand(64, generator=g, dtype=torch.float64) * 3
+    mu_k, var_k = initial_components(mu_s, var_s, k, spread, gen(3), init="centered")
+    assert mu_k.dtype == torch.float64 and mu_k.shape == (k, 64)
+    mix_mean = mu_k.mean(0)
+    mix_var = var_k.mean(0) + ((mu_k - mix_mean) ** 2).mean(0)
+    assert torch.allclose(mix_mean, mu_s, rtol=0, atol=1e-12)
+    assert torch.allclose(mix_var, var_s, rtol=1e-12, atol=1e-12)
+    close(var_k, ((1 - spread) * var_s).expand(k, -1), tol=1e-15)
+    # the noise is the random draw re-centred and rescaled: same signs of deviations' ordering
+    rand_k, _ = initial_components(mu_s, var_s, k, spread, gen(3), init="random")
+    eps_r, eps_c = rand_k - mu_s, mu_k - mu_s
+    assert torch.equal(eps_r.argsort(0), eps_c.argsort(0))
+
+
+def test_unmix_init_option_in_a_model():
+    """Through tta.adapt, in float32: the mixture moments hold to float32 precision in every
+    layer; K = 1 gives the source statistics for both inits; an unknown init is refused."""
+    bn = make_bn(2, 6)
+    net = nn.Sequential(bn, copy.deepcopy(bn))
+    a = tta.adapt(net, "unmix-tns", num_components=8, init="centered", seed=3)
+    for i in range(2):
+        layer = a.model[i]
+        mu_k, var_k = layer.component_mean.double(), layer.component_var.double()
+        mu_s, var_s = layer.source_mean.double(), layer.source_var.double()
+        mix_var = var_k.mean(0) + ((mu_k - mu_k.mean(0)) ** 2).mean(0)
+        close(mu_k.mean(0), mu_s, tol=1e-5)
+        close(mix_var / var_s, torch.ones_like(var_s), tol=1e-5)
+    assert not torch.equal(a.model[0].component_mean, a.model[1].component_mean)
+    default = tta.adapt(net, "unmix-tns", num_components=8, seed=3)
+    explicit = tta.adapt(net, "unmix-tns", num_components=8, init="random", seed=3)
+    assert torch.equal(default.model[0].components, explicit.model[0].components)
+    for init in ("random", "centered"):
+        one = tta.adapt(net, "unmix-tns", num_components=1, init=init).model[0]
+        assert torch.equal(one.component_mean[0], bn.running_mean)
+        assert torch.equal(one.component_var[0], bn.running_var)
+    with pytest.raises(ValueError, match="'init'.*'random', 'centered'"):
+        tta.adapt(net, "unmix-tns", init="centred")
+
+
 def test_unmix_same_seed_same_components_different_seed_different():
     bn = make_bn(2, 6)
     net = nn.Sequential(bn, copy.deepcopy(bn))

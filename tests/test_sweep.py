@@ -397,3 +397,36 @@ def test_ray_cell_with_a_user_error_is_reported_at_once(tmp_path, data_root, ray
     md = (out / "sweep.md").read_text()
     assert "1 finished, 1 failed" in md and "no-such-folder" in md
     assert len(cell_errors(out)) == 1
+
+
+def test_cells_with_seeds_merge_like_a_grid_over_seed(tmp_path, data_root):
+    """A sweep whose cells run `seeds: [0, 1]` gives the same merged numbers as a grid over
+    `seed: [0, 1]`: a cell with seeds counts as one run per seed."""
+    by_grid = sweep_spec(tmp_path / "grid", data_root)
+    sw.run_sweep(by_grid)
+    grid = sw.collect(tmp_path / "grid")
+    by_seeds = sweep_spec(tmp_path / "seeds", data_root)
+    by_seeds["grid"] = {"stream.schedule": ["reset_each_shift", "continual"]}
+    by_seeds["seeds"] = [0, 1]
+    sw.run_sweep(by_seeds)
+    seeds = sw.collect(tmp_path / "seeds")
+    assert seeds["seeded"] and set(seeds["settings"]) == set(grid["settings"])
+    for label, group in seeds["settings"].items():
+        assert group["seeds"] == 2 and len(group["cells"]) == 1
+        for method, e in group["methods"].items():
+            g = grid["settings"][label]["methods"][method]
+            assert e["n"] == 2
+            for key in ("mean", "std", "delta_mean", "delta_std"):
+                assert e[key] == pytest.approx(g[key])
+    md = (tmp_path / "seeds" / "sweep.md").read_text()
+    assert "(2 seeds)" in md and "mean ± std over seeds" in md
+    rows = list(csv.DictReader((tmp_path / "seeds" / "sweep.csv").open()))
+    assert len(rows) == 2 * 2 * 2 * 2 and {r["seed"] for r in rows} == {"0", "1"}
+    grid_rows = list(csv.DictReader((tmp_path / "grid" / "sweep.csv").open()))
+    key = lambda r: (r["stream.schedule"], r["seed"], r["method"], r["domain"])  # noqa: E731
+    assert {key(r): r["error"] for r in rows} == {key(r): r["error"] for r in grid_rows}
+    # A grid over seed on a base with seeds is refused before anything runs.
+    bad = sweep_spec(tmp_path / "bad", data_root)
+    bad["seeds"] = [0, 1]
+    with pytest.raises(ValueError, match="both set"):
+        sw.build_sweep(bad)

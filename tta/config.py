@@ -29,6 +29,17 @@ def _seed_range(v: Any) -> Optional[str]:
     return None if 0 <= v < 2**63 else "must be in [0, 2**63)"
 
 
+def _seeds(v: list) -> Optional[str]:
+    ints = all(isinstance(s, int) and not isinstance(s, bool) for s in v)
+    if not v or not ints:
+        return "must be a non-empty list of integer seeds, e.g. [1, 2, 3]"
+    if not all(0 <= s < 2**63 for s in v):
+        return "must hold seeds in [0, 2**63)"
+    if len(set(v)) != len(v):
+        return "lists a seed more than once"
+    return None
+
+
 def _device(v: str) -> Optional[str]:
     ok = re.fullmatch(r"auto|cpu|mps|cuda(:[0-9]+)?", v)
     return None if ok else f"must be {DEVICES}"
@@ -74,12 +85,41 @@ SCHEMA: dict[str, Any] = {
     "seed": Option(
         0, int, "seed of the stream order and of every method's random draws", _seed_range
     ),
+    "seeds": Option(
+        None,
+        list,
+        "several seeds instead of 'seed': every method runs once per seed, reports show mean ± std",
+        _seeds,
+        nullable=True,
+    ),
     "device": Option("auto", str, DEVICES, _device),
     "model": {
         "spec": Option(
             None,
             str,
-            "resnet26, wrn28_10, timm:<name>, torchvision:<name> (default: the checkpoint's)",
+            "resnet26, wrn28_10, timm:<name>, torchvision:<name>, "
+            "robustbench:<dataset>/<threat_model>/<name> (default: the checkpoint's)",
+            nullable=True,
+        ),
+        "weights": Option(
+            None,
+            str,
+            "torchvision:<name> only: weights enum member (IMAGENET1K_V1, DEFAULT, ...)",
+            nullable=True,
+        ),
+        "pretrained": Option(
+            False,
+            bool,
+            "timm:<name> only: timm's pretrained weights (with checkpoint: that file)",
+        ),
+        "pretrained_tag": Option(
+            None, str, "timm weights tag, e.g. a1_in1k (implies pretrained)", nullable=True
+        ),
+        "model_dir": Option(
+            None,
+            str,
+            "robustbench: only: checkpoint folder <model_dir>/<dataset>/<threat_model>/<name>.pt "
+            "(default ~/.cache/tta/robustbench)",
             nullable=True,
         ),
         "checkpoint": Option(
@@ -283,19 +323,43 @@ def method_entries(methods: list[Any]) -> list[dict[str, Any]]:
     return entries
 
 
+def _check_seeds(given: Mapping[str, Any], out: dict[str, Any]) -> None:
+    """A resolved config holds ``seed`` (one run, as before ``seeds`` existed) or ``seeds`` (one
+    run per seed), never both: ``seeds`` given with a ``seed`` is refused."""
+    if out["seeds"] is None:
+        del out["seeds"]
+        return
+    if given.get("seed") is not None:
+        raise TTAError(
+            f"config keys 'seed' ({given['seed']!r}) and 'seeds' ({out['seeds']!r}) are both set; "
+            "give one: 'seed' for one run, 'seeds' for one run per seed"
+        )
+    del out["seed"]
+
+
+def run_seeds(config: Mapping[str, Any]) -> list[int]:
+    """The seeds a resolved config runs: its ``seeds``, else ``[seed]``."""
+    return list(config["seeds"]) if config.get("seeds") is not None else [config["seed"]]
+
+
 def resolve_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """Validate ``config`` against the schema and fill in defaults.
+
+    ``seeds`` (a list) replaces ``seed``: the resolved config then has ``seeds`` and no ``seed``;
+    without ``seeds`` it has ``seed`` and no ``seeds`` (exactly as before ``seeds`` existed).
 
     ``~`` in the paths (``output``, ``model.checkpoint``, ``data.root``, ``data.clean``) is
     expanded to the home folder.
     """
     out = _check_section("", SCHEMA, config)
+    _check_seeds(config, out)
     _check_model_stats(out["model"])
     _check_corruptions(out["data"])
     if out["output"] is None:
         out["output"] = str(Path("runs") / out["name"])
     out["output"] = _expand(out["output"])
     out["model"]["checkpoint"] = _expand(out["model"]["checkpoint"])
+    out["model"]["model_dir"] = _expand(out["model"]["model_dir"])
     out["data"]["root"] = _expand(out["data"]["root"])
     out["data"]["clean"] = _expand_clean(out["data"]["clean"])
     out["data"]["source_data"] = _expand_clean(out["data"]["source_data"])
@@ -343,7 +407,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return keys, parse_value(raw, f"override {text!r}")
 
 
-def apply_overrides(config: Mapping[str, Any], overrides: list[str]) -> dict[str, Any]:
+def _apply_overrides(config: Mapping[str, Any], overrides: list[str]) -> dict[str, Any]:
     out = copy.deepcopy(dict(config))
     for text in overrides:
         keys, value = parse_override(text)
@@ -353,6 +417,18 @@ def apply_overrides(config: Mapping[str, Any], overrides: list[str]) -> dict[str
             if not isinstance(node, dict):
                 raise TTAError(f"override {text!r}: {k!r} is not a section")
         node[keys[-1]] = value
+    return out
+
+
+def apply_overrides(config: Mapping[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key=value`` overrides. An override of ``seed`` or ``seeds`` replaces the other of
+    the two when it comes from the file (``seeds=[1,2,3]`` on a config with ``seed: 1``); both
+    as overrides is refused later, as in a file."""
+    out = _apply_overrides(config, overrides)
+    given = {parse_override(text)[0][0] for text in overrides}
+    for key, other in (("seed", "seeds"), ("seeds", "seed")):
+        if key in given and other not in given:
+            out.pop(other, None)
     return out
 
 

@@ -3,7 +3,8 @@
 The work is split into units, (method, segment), where a segment is the batches between two
 resets: one per domain for ``reset_each_shift``, the whole stream for continual, mixed and gradual
 schedules. Each finished unit is written atomically to ``<output>/units/``; a rerun of the same
-config skips finished units and rebuilds identical final files from them.
+config skips finished units and rebuilds identical final files from them. A config with ``seeds``
+runs every unit once per seed, under ``<output>/units/seed-<s>/`` (see ``aggregate_seeds``).
 
 Before any work the run checks its config, model and data: the model must return logits of shape
 (batch, classes) and every domain's labels must lie below the number of classes. Only then does it
@@ -29,6 +30,7 @@ import re
 import time
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -41,7 +43,7 @@ from tta import _runs
 from tta._errors import TTAError, TTATypeError
 from tta._io import folder_lock, json_text, read_json, remove_temp_files, write_json
 from tta._runs import MARKER, Input
-from tta.config import DEVICES, method_entries, resolve_config
+from tta.config import DEVICES, method_entries, resolve_config, run_seeds
 from tta.data import CIFARC, ArrayDomain, Domain, ImageNetC, Segment, make_stream
 from tta.methods.base import RunContext
 
@@ -243,8 +245,10 @@ def unit_name(name: str) -> str:
     return f"{slug}~{hashlib.sha1(name.encode('utf-8', 'surrogatepass')).hexdigest()[:10]}"
 
 
-def unit_path(out: Path, label: str, segment: str) -> Path:
-    return out / "units" / unit_name(label) / f"{unit_name(segment)}.json"
+def unit_path(out: Path, label: str, segment: str, seed: Optional[int] = None) -> Path:
+    """``units/<label>/<segment>.json``; in a run with ``seeds``, ``units/seed-<s>/...``."""
+    units = out / "units" if seed is None else out / "units" / f"seed-{seed}"
+    return units / unit_name(label) / f"{unit_name(segment)}.json"
 
 
 def _describe_output(out: Any) -> str:
@@ -369,33 +373,50 @@ def _read_unit(path: Path, label: str, segment: str, num_domains: int) -> dict[s
     return unit
 
 
+@dataclass
+class SeedRun:
+    """What one seed of a run streams: its seed (None in the unit paths of a ``seed`` run), the
+    stream, and the clean source images for the methods that want them."""
+
+    seed: int
+    unit_seed: Optional[int]
+    stream: Any
+    images: Optional[torch.Tensor]
+
+
 def _summarise_read_only(
     out: Path,
     config: dict[str, Any],
     inputs: dict[str, Input],
     force: bool,
     entries: list[dict[str, Any]],
-    stream: Any,
+    runs: list[SeedRun],
 ) -> dict[str, Any]:
     """A finished run in a folder this process cannot write: check it as a resume would and
     return its results, writing nothing (and taking no lock: no run can write there)."""
     if force or _runs.saved_config(out) != config:
         raise _runs.not_writable(out)
     _runs.check_inputs(out, inputs)
-    names = stream.domain_names
-    units: dict[str, list[dict[str, Any]]] = {}
-    for entry in entries:
-        units[entry["label"]] = []
-        for segment in stream.segments():
-            path = unit_path(out, entry["label"], segment.name)
-            if not path.is_file():
-                raise TTAError(
-                    f"output folder {str(out)!r} is not writable and the run is not finished "
-                    f"({entry['label']} | {segment.name} is missing); make it writable or set "
-                    "another output"
+    per_seed = []
+    for run in runs:
+        names = run.stream.domain_names
+        units: dict[str, list[dict[str, Any]]] = {}
+        for entry in entries:
+            units[entry["label"]] = []
+            for segment in run.stream.segments():
+                path = unit_path(out, entry["label"], segment.name, run.unit_seed)
+                if not path.is_file():
+                    where = "" if run.unit_seed is None else f" | seed {run.seed}"
+                    raise TTAError(
+                        f"output folder {str(out)!r} is not writable and the run is not finished "
+                        f"({entry['label']} | {segment.name}{where} is missing); make it writable "
+                        "or set another output"
+                    )
+                units[entry["label"]].append(
+                    _read_unit(path, entry["label"], segment.name, len(names))
                 )
-            units[entry["label"]].append(_read_unit(path, entry["label"], segment.name, len(names)))
-    results = aggregate(config, entries, units, names, stream)
+        per_seed.append((run, units))
+    results = _results(config, entries, per_seed)
     saved = out / "results.json"
     if not saved.is_file() or read_json(saved) != json.loads(json_text(results)):
         raise TTAError(
@@ -415,6 +436,10 @@ def evaluate(
     ``state_dict``, so a resume with other weights is refused (see ``tta._runs``).
     ``force``: clear what tta wrote in the output folder and start over; a non-empty folder tta
     did not make is refused.
+
+    With ``seeds``, every seed is a run of its own as ``seed: <s>`` would make it (data subset,
+    corruption noise, stream order, methods' draws), kept in ``units/seed-<s>/``; the results
+    hold each seed's numbers and their mean ± std (see ``aggregate_seeds``).
     """
     from tta.report import write_reports
 
@@ -425,16 +450,33 @@ def evaluate(
         _runs.check_can_force(out)
     else:
         _runs.refuse_other_config(out, config)  # before the (slow) model and data
-    seed, device = config["seed"], resolve_device(config["device"])
+    seeds, device = run_seeds(config), resolve_device(config["device"])
+    multi = "seeds" in config
     entries = method_entries(config["methods"])
     inputs: dict[str, Input] = {"tta": ("value", {"version": tta.__version__})}
     if model is None:
         m = config["model"]
         model = tta.load_model(
-            m["spec"], m["checkpoint"], num_classes=m["num_classes"], mean=m["mean"], std=m["std"]
+            m["spec"],
+            m["checkpoint"],
+            num_classes=m["num_classes"],
+            mean=m["mean"],
+            std=m["std"],
+            weights=m["weights"],
+            pretrained=m["pretrained"],
+            pretrained_tag=m["pretrained_tag"],
+            model_dir=m["model_dir"],
         )
         if m["checkpoint"]:
             inputs["checkpoint"] = ("file", m["checkpoint"])
+        library = {k: m[k] for k in ("spec", "weights", "pretrained", "pretrained_tag")}
+        if (
+            m["weights"]
+            or m["pretrained"]
+            or m["pretrained_tag"]
+            or "robustbench:" in (m["spec"] or "")
+        ):  # weights a library keeps in its own cache: named by what was asked for
+            inputs["library_weights"] = ("value", library)
     else:
         if not isinstance(model, torch.nn.Module):
             raise TTATypeError(
@@ -442,16 +484,20 @@ def evaluate(
                 f"{type(model).__name__}"
             )
         inputs["model"] = ("value", _runs.model_fingerprint(model))
-    domains, data_inputs = _build_domains(config["data"], seed)
-    inputs.update(data_inputs)
-    num_classes = check_model(model, domains)
-    images = source_images(config["data"], entries, seed)
     s = config["stream"]
-    stream = make_stream(domains, s["order"], s["delta"], s["schedule"], s["batch_size"], seed)
-    names = stream.domain_names
+    runs: list[SeedRun] = []
+    num_classes = None
+    for i, seed in enumerate(seeds):
+        domains, data_inputs = _build_domains(config["data"], seed)
+        if i == 0:  # the fingerprinted inputs (files, clean images) do not depend on the seed
+            inputs.update(data_inputs)
+            num_classes = check_model(model, domains)
+        images = source_images(config["data"], entries, seed)
+        stream = make_stream(domains, s["order"], s["delta"], s["schedule"], s["batch_size"], seed)
+        runs.append(SeedRun(seed, seed if multi else None, stream, images))
 
     if not _runs.writable(out):
-        return _summarise_read_only(out, config, inputs, force, entries, stream)
+        return _summarise_read_only(out, config, inputs, force, entries, runs)
     with folder_lock(out):
         remove_temp_files(out)
         if force:
@@ -470,33 +516,54 @@ def evaluate(
         # Claim the folder: the marker first, so a config.json never lacks its fingerprints.
         _runs.write_if_changed(out / MARKER, _runs.marker_text(kept))
         _runs.write_if_changed(out / "config.json", json_text(config))
-        units: dict[str, list[dict[str, Any]]] = {}
-        for entry in entries:
-            # The run context gives every method the run's seed and the stream's batch size (so
-            # UnMix-TNS's λ does not change on a domain's last, shorter batch).
-            context = RunContext(
-                seed=seed,
-                batch_size=s["batch_size"],
-                device=device,
-                num_classes=num_classes,
-                source_images=images,
-            )
-            units[entry["label"]] = []
-            for segment in stream.segments():
-                path = unit_path(out, entry["label"], segment.name)
-                if not path.exists():
-                    options = entry["options"]
-                    adapted = tta.adapt(model, entry["name"], context, **options).to(device)
-                    result = run_unit(
-                        adapted, segment, len(names), device, f"{entry['label']} | {segment.name}"
-                    )
-                    write_json(path, {"method": entry["label"], "segment": segment.name, **result})
-                units[entry["label"]].append(
-                    _read_unit(path, entry["label"], segment.name, len(names))
+        per_seed = []
+        for run in runs:
+            names = run.stream.domain_names
+            units: dict[str, list[dict[str, Any]]] = {}
+            for entry in entries:
+                # The run context gives every method the seed and the stream's batch size (so
+                # UnMix-TNS's λ does not change on a domain's last, shorter batch).
+                context = RunContext(
+                    seed=run.seed,
+                    batch_size=s["batch_size"],
+                    device=device,
+                    num_classes=num_classes,
+                    source_images=run.images,
                 )
-        results = aggregate(config, entries, units, names, stream)
+                units[entry["label"]] = []
+                for segment in run.stream.segments():
+                    path = unit_path(out, entry["label"], segment.name, run.unit_seed)
+                    if not path.exists():
+                        options = entry["options"]
+                        adapted = tta.adapt(model, entry["name"], context, **options).to(device)
+                        desc = f"{entry['label']} | {segment.name}"
+                        desc += "" if run.unit_seed is None else f" | seed {run.seed}"
+                        result = run_unit(adapted, segment, len(names), device, desc)
+                        write_json(
+                            path, {"method": entry["label"], "segment": segment.name, **result}
+                        )
+                    units[entry["label"]].append(
+                        _read_unit(path, entry["label"], segment.name, len(names))
+                    )
+            per_seed.append((run, units))
+        results = _results(config, entries, per_seed)
         write_reports(out, results)
     return results
+
+
+def _results(
+    config: dict[str, Any],
+    entries: list[dict[str, Any]],
+    per_seed: list[tuple[SeedRun, dict[str, list[dict[str, Any]]]]],
+) -> dict[str, Any]:
+    if "seeds" not in config:
+        run, units = per_seed[0]
+        return aggregate(config, entries, units, run.stream.domain_names, run.stream)
+    runs = [
+        {"seed": run.seed, **_aggregate_one(entries, units, run.stream.domain_names, run.stream)}
+        for run, units in per_seed
+    ]
+    return aggregate_seeds(config, runs)
 
 
 def aggregate(
@@ -507,6 +574,23 @@ def aggregate(
     stream,
 ) -> dict[str, Any]:
     """Per-domain online error (%) of every method, its mean, and differences to ``source``."""
+    one = _aggregate_one(entries, units, names, stream)
+    return {
+        "name": config["name"],
+        "seed": config["seed"],
+        "config": config,
+        "versions": _versions(),
+        **one,
+    }
+
+
+def _aggregate_one(
+    entries: list[dict[str, Any]],
+    units: dict[str, list[dict[str, Any]]],
+    names: list[str],
+    stream,
+) -> dict[str, Any]:
+    """``stream``, ``methods`` and ``wall_seconds`` of one seed's run."""
     methods = []
     for entry in entries:
         wrong = np.sum([u["wrong"] for u in units[entry["label"]]], axis=0)
@@ -536,10 +620,6 @@ def aggregate(
         m["delta_vs_source"] = m["mean_error"] - source["mean_error"]
         m["delta_per_domain"] = {n: e - source["errors"][n] for n, e in m["errors"].items()}
     return {
-        "name": config["name"],
-        "seed": config["seed"],
-        "config": config,
-        "versions": _versions(),
         "stream": {
             "domains": names,
             "num_batches": stream.num_batches,
@@ -548,4 +628,74 @@ def aggregate(
         },
         "methods": methods,
         "wall_seconds": float(sum(m["seconds"] for m in methods)),
+    }
+
+
+def _std(values: list[float]) -> float:
+    """Sample standard deviation (ddof = 1); 0 for a single value."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def aggregate_seeds(config: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The results of a run with ``seeds``: ``per_seed`` holds each seed's ``stream``,
+    ``methods`` and ``wall_seconds`` exactly as a ``seed`` run reports them; the top-level
+    ``methods`` hold, per method, the mean over seeds of each number and its sample standard
+    deviation (ddof = 1) in ``*_std`` keys: ``errors``/``errors_std`` per domain,
+    ``mean_error``/``mean_error_std``, ``delta_vs_source``/``delta_vs_source_std`` (the Δ is
+    taken per seed, on that seed's identical stream, then averaged); ``samples`` and the
+    stream's sizes are per seed (equal for every seed), non-finite counts, seconds and images are
+    summed over seeds; label statistics are averaged."""
+    names = runs[0]["stream"]["domains"]
+    methods = []
+    for i, first in enumerate(runs[0]["methods"]):
+        per = [r["methods"][i] for r in runs]
+        doms = [d for d in names if all(d in m["errors"] for m in per)]
+        seconds = float(sum(m["seconds"] for m in per))
+        images = int(sum(m["images"] for m in per))
+        nonfinite = {d: int(sum(m["nonfinite"].get(d, 0) for m in per)) for d in doms}
+        methods.append(
+            {
+                "label": first["label"],
+                "name": first["name"],
+                "options": first["options"],
+                "errors": {d: float(np.mean([m["errors"][d] for m in per])) for d in doms},
+                "errors_std": {d: _std([m["errors"][d] for m in per]) for d in doms},
+                "samples": {d: first["samples"][d] for d in doms},  # per seed
+                "nonfinite": nonfinite,
+                "nonfinite_total": int(sum(m["nonfinite_total"] for m in per)),
+                "mean_error": float(np.mean([m["mean_error"] for m in per])),
+                "mean_error_std": _std([m["mean_error"] for m in per]),
+                "mean_error_per_seed": [m["mean_error"] for m in per],
+                "delta_vs_source": float(np.mean([m["delta_vs_source"] for m in per])),
+                "delta_vs_source_std": _std([m["delta_vs_source"] for m in per]),
+                "delta_per_domain": {
+                    d: float(np.mean([m["delta_per_domain"][d] for m in per])) for d in doms
+                },
+                "delta_per_domain_std": {
+                    d: _std([m["delta_per_domain"][d] for m in per]) for d in doms
+                },
+                "seconds": seconds,
+                "images": images,
+                "images_per_second": images / seconds if seconds > 0 else None,
+            }
+        )
+    stats = [r["stream"]["label_stats"] for r in runs]
+    return {
+        "name": config["name"],
+        "seeds": [r["seed"] for r in runs],
+        "config": config,
+        "versions": _versions(),
+        "stream": {
+            "domains": names,
+            "num_batches": runs[0]["stream"]["num_batches"],  # per seed (equal for every seed)
+            "num_samples": runs[0]["stream"]["num_samples"],
+            "label_stats": {
+                k: float(np.mean([st[k] for st in stats]))
+                for k in stats[0]
+                if all(isinstance(st.get(k), (int, float)) for st in stats)
+            },
+        },
+        "methods": methods,
+        "per_seed": runs,
+        "wall_seconds": float(sum(r["wall_seconds"] for r in runs)),
     }

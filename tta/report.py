@@ -1,4 +1,8 @@
-"""Result files a person reads at a glance: results.json, results.csv, summary.md, errors.png."""
+"""Result files a person reads at a glance: results.json, results.csv, summary.md, errors.png.
+
+A run with ``seeds`` shows every number as mean ± sample standard deviation (ddof = 1) over its
+seeds: ``±`` in summary.md, ``*_std`` columns in results.csv, error bars in errors.png.
+"""
 
 from __future__ import annotations
 
@@ -23,14 +27,37 @@ def _fmt(value: float, signed: bool = False) -> str:
     return f"{value:+.1f}" if signed else f"{value:.1f}"
 
 
+def multi_seed(results: dict[str, Any]) -> bool:
+    """Whether ``results`` come from a run with ``seeds`` (numbers are means with a std)."""
+    return "seeds" in results
+
+
+def _pm(value: float, std: float, signed: bool = False) -> str:
+    return f"{_fmt(value, signed)} ± {std:.1f}"
+
+
 def error_table(results: dict[str, Any]) -> str:
-    """Markdown table: methods × domains (error %), then the mean and Δ mean vs source."""
+    """Markdown table: methods × domains (error %), then the mean and Δ mean vs source; with
+    ``seeds``, each entry is mean ± std over the seeds."""
     domains = results["stream"]["domains"]
     head = ["method", *(short_domain(d) for d in domains), "mean", "Δ vs source"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    multi = multi_seed(results)
     for m in results["methods"]:
-        cells = [m["label"], *(_fmt(m["errors"][d]) if d in m["errors"] else "-" for d in domains)]
-        cells += [_fmt(m["mean_error"]), _fmt(m["delta_vs_source"], signed=True)]
+        if multi:
+            cells = [m["label"]]
+            cells += [
+                _pm(m["errors"][d], m["errors_std"][d]) if d in m["errors"] else "-"
+                for d in domains
+            ]
+            cells += [
+                _pm(m["mean_error"], m["mean_error_std"]),
+                _pm(m["delta_vs_source"], m["delta_vs_source_std"], signed=True),
+            ]
+        else:
+            cells = [m["label"]]
+            cells += [_fmt(m["errors"][d]) if d in m["errors"] else "-" for d in domains]
+            cells += [_fmt(m["mean_error"]), _fmt(m["delta_vs_source"], signed=True)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -47,9 +74,14 @@ def describe_stream(results: dict[str, Any]) -> str:
     s, st = results["config"]["stream"], results["stream"]
     ls = st["label_stats"]
     order = f"dirichlet (δ = {s['delta']})" if s["order"] == "dirichlet" else s["order"]
+    if multi_seed(results):
+        seeds = results["seeds"]
+        seed = f"{len(seeds)} seeds ({', '.join(map(str, seeds))}), one stream each; per seed "
+    else:
+        seed = f"seed {results['seed']}; "
     return (
         f"Stream: {order} order, {s['schedule']} schedule, batch size {s['batch_size']}, "
-        f"seed {results['seed']}; {st['num_samples']} samples in {st['num_batches']} batches over "
+        f"{seed}{st['num_samples']} samples in {st['num_batches']} batches over "
         f"{len(st['domains'])} domains. Label correlation: "
         f"{ls['mean_distinct_labels_per_batch']:.2f} distinct labels per batch on average, "
         f"{100 * ls['consecutive_same_label_fraction']:.0f}% of consecutive samples share a label."
@@ -75,10 +107,17 @@ def summary_markdown(results: dict[str, Any]) -> str:
     domains = results["stream"]["domains"]
     legend = ", ".join(f"{short_domain(d)} = {d}" for d in domains)
     warned = "".join(f"{line}\n\n" for line in nonfinite_warnings(results))
+    spread = (
+        " Each entry is the mean ± sample standard deviation (ddof = 1) over the "
+        f"{len(results['seeds'])} seeds; Δ is taken per seed, then averaged."
+        if multi_seed(results)
+        else ""
+    )
     return (
         f"# {results['name']}: online error (%)\n\n{describe_stream(results)}\n\n"
         f"{error_table(results)}\n\n{warned}Columns: {legend}. Δ is the method's mean error "
-        f"minus the `source` baseline's on the identical stream (negative = adaptation helps).\n\n"
+        f"minus the `source` baseline's on the identical stream (negative = adaptation helps)."
+        f"{spread}\n\n"
         f"{timing_table(results)}\n\nVersions: "
         + ", ".join(f"{k} {v}" for k, v in results["versions"].items())
         + "\n"
@@ -86,6 +125,11 @@ def summary_markdown(results: dict[str, Any]) -> str:
 
 
 def results_csv(results: dict[str, Any]) -> str:
+    """One row per method × domain; with ``seeds``, the error and Δ are means over the seeds
+    with their sample std (ddof = 1) in ``error_std`` / ``delta_std``, and ``seeds`` counts them
+    (each seed's numbers are in results.json, ``per_seed``)."""
+    if multi_seed(results):
+        return _results_csv_seeds(results)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["method", "domain", "error", "source_error", "delta_vs_source", "samples"])
@@ -105,6 +149,42 @@ def results_csv(results: dict[str, Any]) -> str:
     return buf.getvalue()
 
 
+def _results_csv_seeds(results: dict[str, Any]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(
+        [
+            "method",
+            "domain",
+            "error",
+            "error_std",
+            "source_error",
+            "delta_vs_source",
+            "delta_std",
+            "samples",
+            "seeds",
+        ]
+    )
+    source = results["methods"][0]["errors"]
+    n = len(results["seeds"])
+    for m in results["methods"]:
+        for d, e in m["errors"].items():
+            writer.writerow(
+                [
+                    m["label"],
+                    d,
+                    f"{e:.4f}",
+                    f"{m['errors_std'][d]:.4f}",
+                    f"{source[d]:.4f}",
+                    f"{m['delta_per_domain'][d]:.4f}",
+                    f"{m['delta_per_domain_std'][d]:.4f}",
+                    m["samples"][d],
+                    n,
+                ]
+            )
+    return buf.getvalue()
+
+
 def plot_errors(results: dict[str, Any], path: Path) -> None:
     """Per-domain error of every method; the source baseline is the thick dashed black line, so
     points below it are domains where adaptation helps."""
@@ -115,16 +195,25 @@ def plot_errors(results: dict[str, Any], path: Path) -> None:
 
     domains = results["stream"]["domains"]
     xs = range(len(domains))
+    multi = multi_seed(results)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(domains) + 3), 4.2))
     for m in results["methods"]:
         ys = [m["errors"].get(d, float("nan")) for d in domains]
+        es = [m["errors_std"].get(d, float("nan")) for d in domains] if multi else None
         if m["name"] == "source" and m["label"] == "source":
-            ax.plot(xs, ys, "k--", lw=2.5, label="source (no adaptation)", zorder=3)
+            style = {"fmt": "k--", "lw": 2.5, "label": "source (no adaptation)", "zorder": 3}
         else:
-            ax.plot(xs, ys, "o-", lw=1.2, ms=4, label=f"{m['label']} ({m['mean_error']:.1f})")
+            mean = _pm(m["mean_error"], m["mean_error_std"]) if multi else f"{m['mean_error']:.1f}"
+            style = {"fmt": "o-", "lw": 1.2, "ms": 4, "label": f"{m['label']} ({mean})"}
+        if multi:
+            ax.errorbar(xs, ys, yerr=es, capsize=2, **style)
+        else:
+            fmt = style.pop("fmt")
+            ax.plot(xs, ys, fmt, **style)
     ax.set_xticks(list(xs), [short_domain(d) for d in domains], rotation=45, ha="right")
     ax.set_ylabel("online error (%)")
-    ax.set_title(f"{results['name']}: error per domain (mean in legend)")
+    spread = f", bars: std over {len(results['seeds'])} seeds" if multi else ""
+    ax.set_title(f"{results['name']}: error per domain (mean in legend{spread})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()

@@ -656,8 +656,10 @@ def collect(directory: PathLike) -> dict[str, Any]:
     sweep.md and sweep.png; return the merged numbers.
 
     Grid keys come from sweep.json when present, else from the config keys that differ between
-    cells. Cells that differ only in ``seed`` form one setting: its mean ± sample std (n − 1) over
-    seeds of each method's mean error, and of its difference to ``source``.
+    cells. Cells that differ only in ``seed`` (or ``seeds``) form one setting: its mean ± sample
+    std (n − 1) over seeds of each method's mean error, and of its difference to ``source``. A
+    cell run with ``seeds`` counts as one run per seed, so ``seeds: [1, 2, 3]`` in the sweep file
+    and ``grid: {seed: [1, 2, 3]}`` give the same table.
     """
     root = Path(directory)
     cells_dir = root / "cells"
@@ -685,39 +687,49 @@ def collect(directory: PathLike) -> dict[str, Any]:
             if k not in RESERVED and len({f.get(k) for f in flats}) > 1
         ]
     name = plan["name"] if plan else root.name
-    values = {i: {k: get_key(r["config"], k) for k in keys} for i, r in results.items()}
+    values = {i: {k: _get(r["config"], k) for k in keys} for i, r in results.items()}
+    # A cell run with ``seeds`` stands for one run per seed, exactly like cells of a grid over
+    # ``seed``: its per-seed results are merged as such (a ``seed`` column in sweep.csv).
+    multi = any("per_seed" in r for r in results.values())
+    seed_column = multi and "seed" not in keys
+    csv_keys = [*keys, "seed"] if seed_column else keys
 
     rows = []
     for cid, res in results.items():
-        source = res["methods"][0]["errors"]
-        for m in res["methods"]:
-            for domain, err in m["errors"].items():
-                rows.append(
-                    {
-                        "cell": cid,
-                        **{k: _csv_value(values[cid][k]) for k in keys},
-                        "method": m["label"],
-                        "domain": domain,
-                        "error": err,
-                        "source_error": source[domain],
-                        "delta_vs_source": err - source[domain],
-                        "samples": m["samples"][domain],
-                    }
-                )
+        for run in _seed_runs(res):
+            source = run["methods"][0]["errors"]
+            seed = {"seed": run["seed"]} if seed_column else {}
+            for m in run["methods"]:
+                for domain, err in m["errors"].items():
+                    rows.append(
+                        {
+                            "cell": cid,
+                            **{k: _csv_value(values[cid][k]) for k in keys},
+                            **seed,
+                            "method": m["label"],
+                            "domain": domain,
+                            "error": err,
+                            "source_error": source[domain],
+                            "delta_vs_source": err - source[domain],
+                            "samples": m["samples"][domain],
+                        }
+                    )
 
-    setting_keys = [k for k in keys if k != "seed"]
+    setting_keys = [k for k in keys if k not in ("seed", "seeds")]
     short = short_names(keys)
     settings: dict[str, dict[str, Any]] = {}
     for cid, res in results.items():
         label = ", ".join(f"{short[k]}={value_text(values[cid][k])}" for k in setting_keys)
         label = label or "all cells"
-        group = settings.setdefault(label, {"values": {}, "cells": [], "methods": {}})
+        group = settings.setdefault(label, {"values": {}, "cells": [], "seeds": 0, "methods": {}})
         group["values"] = {k: values[cid][k] for k in setting_keys}
         group["cells"].append(cid)
-        for m in res["methods"]:
-            entry = group["methods"].setdefault(m["label"], {"errors": [], "deltas": []})
-            entry["errors"].append(m["mean_error"])
-            entry["deltas"].append(m["delta_vs_source"])
+        for run in _seed_runs(res):
+            group["seeds"] += 1
+            for m in run["methods"]:
+                entry = group["methods"].setdefault(m["label"], {"errors": [], "deltas": []})
+                entry["errors"].append(m["mean_error"])
+                entry["deltas"].append(m["delta_vs_source"])
     methods: list[str] = []
     for group in settings.values():
         for label, entry in group["methods"].items():
@@ -735,16 +747,30 @@ def collect(directory: PathLike) -> dict[str, Any]:
     merged = {
         "name": name,
         "grid_keys": keys,
+        "seeded": "seed" in keys or "seeds" in keys or multi,
         "cells": ids,
         "settings": settings,
         "methods": methods,
         "failed": failed,
         "missing": missing,
     }
-    write_text(root / "sweep.csv", _sweep_csv(rows, keys))
+    write_text(root / "sweep.csv", _sweep_csv(rows, csv_keys))
     write_text(root / "sweep.md", sweep_markdown(merged, results, plan))
     plot_sweep(merged, root / "sweep.png")
     return merged
+
+
+def _get(config: Mapping[str, Any], dotted: str) -> Any:
+    """A config's value for a dotted key; None where it has none (``seed`` of a ``seeds`` run)."""
+    try:
+        return get_key(config, dotted)
+    except (KeyError, TypeError):
+        return None
+
+
+def _seed_runs(res: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """A cell's runs, one per seed: the ``per_seed`` entries of a ``seeds`` run, else the run."""
+    return list(res["per_seed"]) if "per_seed" in res else [res]
 
 
 def _sweep_csv(rows: list[dict[str, Any]], keys: list[str]) -> str:
@@ -774,7 +800,7 @@ def sweep_markdown(
 ) -> str:
     """Methods × settings table (mean ± std over seeds, Δ vs source), cells, failures."""
     settings, methods = merged["settings"], merged["methods"]
-    seeded = "seed" in merged["grid_keys"]
+    seeded = merged.get("seeded", "seed" in merged["grid_keys"])
     lines = [f"# {merged['name']}: sweep of {len(results) + len(merged['failed'])} cells", ""]
     if plan:
         grid = "; ".join(
@@ -804,7 +830,7 @@ def sweep_markdown(
     if settings:
         head = ["method"]
         for label, group in settings.items():
-            n = len(group["cells"])
+            n = group.get("seeds", len(group["cells"]))
             head.append(_md(label) + (f" ({n} seed{'s' if n != 1 else ''})" if seeded else ""))
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for method in methods:
@@ -817,7 +843,7 @@ def sweep_markdown(
                 text = f"{e['mean']:.1f}" + (f" ± {e['std']:.1f}" if e["n"] > 1 else "")
                 if method != "source":
                     text += f" ({e['delta_mean']:+.1f})"
-                if e["n"] < len(group["cells"]):
+                if e["n"] < group.get("seeds", len(group["cells"])):
                     text += f" [n={e['n']}]"
                 row.append(text)
             lines.append("| " + " | ".join(row) + " |")
@@ -825,7 +851,11 @@ def sweep_markdown(
     lines += ["## Cells", "", "| cell | status | " + " | ".join(_md(m) for m in methods) + " |"]
     lines.append("|" + "---|" * (len(methods) + 2))
     for cid, res in results.items():
-        errs = {m["label"]: f"{m['mean_error']:.1f}" for m in res["methods"]}
+        errs = {
+            m["label"]: f"{m['mean_error']:.1f}"
+            + (f" ± {m['mean_error_std']:.1f}" if "per_seed" in res else "")
+            for m in res["methods"]
+        }
         lines.append(
             f"| {cid} | done ({res['wall_seconds']:.1f} s) | "
             + " | ".join(errs.get(m, "-") for m in methods)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+DEMO_NUM_SAMPLES = 500  # tta.demo.DEMO_NUM_SAMPLES (not imported here: the CLI starts fast)
+
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
@@ -17,8 +19,33 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     parser.add_argument("--epochs", type=int, default=6, help="training epochs of the source model")
-    parser.add_argument("--num-samples", type=int, default=None, help="use only N test digits")
-    parser.add_argument("--corruptions", nargs="+", default=None, help="corruptions to use")
+    parser.add_argument(
+        "--num-samples",
+        type=int,
+        default=DEMO_NUM_SAMPLES,
+        help=f"held-out digits per domain, of 1,000 (default {DEMO_NUM_SAMPLES})",
+    )
+    parser.add_argument(
+        "--corruptions",
+        nargs="+",
+        default=None,
+        help="corruptions to use (default: gaussian_noise motion_blur fog contrast pixelate)",
+    )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        metavar="METHOD",
+        help="methods to compare with source (default: every built-in method)",
+    )
+    parser.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=None,
+        metavar="SEED",
+        help="seeds: one run per seed, reported as mean ± std (default: 0 1 2)",
+    )
     parser.add_argument("--force", action="store_true", help="recompute finished results")
     parser.set_defaults(func=run)
 
@@ -31,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         corruptions=args.corruptions,
         num_samples=args.num_samples,
+        methods=args.methods,
+        seeds=args.seeds,
         force=args.force,
     )
     return 0

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from tta._errors import TTAError
 from tta.norms.base import AdaptiveNorm, instance_stats
 from tta.options import Option, at_least_one, in_range, positive
 from tta.registry import NormMethod, register_norm
@@ -23,17 +24,44 @@ if TYPE_CHECKING:
     from tta.methods.base import RunContext
 
 
+INITS = ("random", "centered")
+
+
 def initial_components(
-    mean: torch.Tensor, var: torch.Tensor, k: int, spread: float, generator: torch.Generator
+    mean: torch.Tensor,
+    var: torch.Tensor,
+    k: int,
+    spread: float,
+    generator: torch.Generator,
+    init: str = "random",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """μ_k = μ_s + sqrt(a0·K/(K−1))·σ_s·ε_k, σ²_k = (1−a0)·σ²_s; K = 1 keeps the source stats.
 
-    The equal-weight mixture of these components has mean μ_s and variance σ²_s in expectation.
-    Noise is drawn on the CPU so the same seed gives the same components on every device.
+    ``init="random"`` (the paper's and the official code's): ε_k ~ N(0, 1) i.i.d. per (k, c), so
+    the equal-weight mixture of the components has mean μ_s and variance σ²_s only in
+    expectation; each layer gets a random bias of its own.
+
+    ``init="centered"``: the same draw, re-centred and rescaled per channel over the K
+    components, ε ← (ε − mean_k ε) / std_k(ε) with the unbiased std (ddof = 1), so that
+    Σ_k ε_k = 0 and Σ_k ε_k² = K − 1. Then exactly, in every layer and channel:
+
+        mean_k μ_k = μ_s,
+        (1/K)·Σ_k σ²_k + (1/K)·Σ_k (μ_k − μ_s)² = (1−a0)·σ²_s + a0·K/(K−1)·σ²_s·(K−1)/K = σ²_s,
+
+    i.e. the equal-weight mixture of the initial components has exactly the source mean and
+    variance (the second term is the biased variance over k of the component means), and a clean
+    input starts close to source BN. Noise is drawn on the CPU (float32), so the same seed gives
+    the same components on every device; centring is done in float64.
     """
+    if init not in INITS:
+        raise TTAError(f"unmix-tns option 'init' must be one of {list(INITS)}, got {init!r}")
     if k == 1:
         return mean[None].clone(), var[None].clone()
     noise = torch.randn(k, mean.shape[0], generator=generator, dtype=torch.float32)
+    if init == "centered":
+        noise = noise.double()
+        noise = noise - noise.mean(0, keepdim=True)
+        noise = noise / noise.std(0, unbiased=True, keepdim=True)
     noise = noise.to(device=mean.device, dtype=mean.dtype)
     means = mean + math.sqrt(spread * k / (k - 1)) * var.sqrt() * noise
     return means, ((1.0 - spread) * var).expand(k, -1).clone()
@@ -53,6 +81,7 @@ class UnMixTNS(AdaptiveNorm):
         batch_size: Optional[int] = None,
         max_batch_size: int = 64,
         generator: Optional[torch.Generator] = None,
+        init: str = "random",
     ):
         super().__init__(bn, name, post)
         self.temperature = float(temperature)
@@ -61,7 +90,7 @@ class UnMixTNS(AdaptiveNorm):
         if generator is None:
             generator = torch.Generator().manual_seed(0)
         means, variances = initial_components(
-            self.source_mean, self.source_var, num_components, init_spread, generator
+            self.source_mean, self.source_var, num_components, init_spread, generator, init
         )
         # One (K, 2C) buffer [μ_k | σ²_k]: one product serves both halves in every step below.
         self.register_buffer("components", torch.cat([means, variances], dim=1))
@@ -158,6 +187,13 @@ register_norm(
             "temperature": Option(0.07, float, "softmax temperature τ of the assignment", positive),
             "init_spread": Option(
                 0.5, float, "a0, spread of the initial components", in_range(0, 1)
+            ),
+            "init": Option(
+                "random",
+                str,
+                "initial components: random (the paper's draw) or centered (the mixture has "
+                "exactly the source mean and variance)",
+                choices=INITS,
             ),
             "batch_size": Option(
                 None,
