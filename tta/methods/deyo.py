@@ -25,7 +25,7 @@ import torchvision.transforms.v2.functional as TF
 from torch import nn
 
 from tta.methods.optim import OPTIMIZER_OPTIONS, GradientMethod
-from tta.methods.sar import below_top_layers
+from tta.methods.sar import parameters_below_top_layers
 from tta.methods.tent import entropy
 from tta.options import Option, at_least_one, in_range, positive
 from tta.registry import register_method
@@ -57,13 +57,7 @@ class DeYO(GradientMethod):
         self.rng_state = torch.Generator().manual_seed(self.context.seed).get_state()
 
     def parameters_to_adapt(self) -> list[nn.Parameter]:
-        return [
-            p
-            for name, layer in self.norm_layers.items()
-            if below_top_layers(name)
-            for p in (layer.weight, layer.bias)
-            if isinstance(p, nn.Parameter)
-        ]
+        return parameters_below_top_layers(self.norm_layers)
 
     def _rand(self, draw) -> torch.Tensor:
         """A draw from the method's own CPU generator (its state is part of the method's state)."""

@@ -40,6 +40,17 @@ def below_top_layers(name: str) -> bool:
     return not (any(t in name for t in _TOP_LAYERS) or name == "norm")
 
 
+def parameters_below_top_layers(norm_layers: dict[str, nn.Module]) -> list[nn.Parameter]:
+    """γ, β of the norm layers SAR and DeYO adapt: all but the top of the network."""
+    return [
+        p
+        for name, layer in norm_layers.items()
+        if below_top_layers(name)
+        for p in (layer.weight, layer.bias)
+        if isinstance(p, nn.Parameter)
+    ]
+
+
 @register_method
 class SAR(GradientMethod):
     name = "sar"
@@ -67,13 +78,7 @@ class SAR(GradientMethod):
         self.loss_ema = None
 
     def parameters_to_adapt(self) -> list[nn.Parameter]:
-        return [
-            p
-            for name, layer in self.norm_layers.items()
-            if below_top_layers(name)
-            for p in (layer.weight, layer.bias)
-            if isinstance(p, nn.Parameter)
-        ]
+        return parameters_below_top_layers(self.norm_layers)
 
     def forward_and_adapt(self, x: torch.Tensor) -> torch.Tensor:
         opt = self.optimizer
