@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,9 @@ from tta._io import LOCK_NAME, folder_lock
 from tta.cli import main
 from tta.config import resolve_config
 
+sys.path.insert(0, str(Path(__file__).parent))
+from test_evaluation import tiny_model, write_cifar_c  # noqa: E402
+
 CORRUPTIONS = ["gaussian_noise", "fog"]
 
 
@@ -32,34 +36,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def write_cifar_c(root: Path, n: int = 40, classes: int = 4) -> Path:
-    """A CIFAR-10-C-layout folder: n images per severity, 5 severities stacked."""
-    rng = np.random.default_rng(0)
-    root.mkdir(parents=True, exist_ok=True)
-    np.save(root / "labels.npy", np.tile(np.arange(n) % classes, 5).astype(np.uint8))
-    for name in CORRUPTIONS:
-        np.save(root / f"{name}.npy", rng.integers(0, 256, (5 * n, 32, 32, 3), dtype=np.uint8))
-    return root
-
-
-def tiny_model(classes: int = 4, seed: int = 0) -> nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    net = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(8, classes),
-    )
-    with torch.no_grad():
-        for p in net.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
-        net[1].running_mean.copy_(torch.rand(8, generator=gen))
-        net[1].running_var.copy_(0.5 + torch.rand(8, generator=gen))
-    return net.eval()
 
 
 def config(tmp_path: Path, methods=("tbn",), **extra) -> dict:

@@ -19,26 +19,26 @@ from tta.config import load_config, resolve_config
 CORRUPTIONS = ["gaussian_noise", "fog"]
 
 
-def write_cifar_c(root: Path, n: int = 40, seed: int = 0) -> Path:
+def write_cifar_c(root: Path, n: int = 40, seed: int = 0, classes: int = 4) -> Path:
     """A CIFAR-10-C-layout folder: n images per severity, 5 severities stacked."""
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
-    labels = np.tile(np.arange(n) % 4, 5).astype(np.uint8)
+    labels = np.tile(np.arange(n) % classes, 5).astype(np.uint8)
     np.save(root / "labels.npy", labels)
     for name in CORRUPTIONS:
         np.save(root / f"{name}.npy", rng.integers(0, 256, (5 * n, 32, 32, 3), dtype=np.uint8))
     return root
 
 
-def tiny_model() -> nn.Module:
-    gen = torch.Generator().manual_seed(0)
+def tiny_model(classes: int = 4, seed: int = 0) -> nn.Module:
+    gen = torch.Generator().manual_seed(seed)
     net = nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1),
         nn.BatchNorm2d(8),
         nn.ReLU(),
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
-        nn.Linear(8, 4),
+        nn.Linear(8, classes),
     )
     with torch.no_grad():
         for p in net.parameters():
