@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterator, Optional
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Optional
 
 import torch
 from torch import nn
@@ -45,6 +45,26 @@ class RunContext:
     device: Optional[torch.device] = None
     num_classes: Optional[int] = None
     source_images: Optional[torch.Tensor] = None
+
+
+@contextmanager
+def norm_train_mode(layers: Iterable[nn.Module]) -> Iterator[None]:
+    """Forward the given norm layers in train mode, then put back their previous modes.
+
+    The authors' memory-based methods call ``model.train()`` for their update forwards; the
+    layers that behave differently then (``iabn`` normalises with the batch and moves its running
+    statistics; ``rbn`` under RoTTA moves its statistics only then) read ``self.training``. Only
+    the norm layers switch: dropout and stochastic depth stay off, as everywhere in tta.
+    """
+    layers = list(layers)
+    before = [layer.training for layer in layers]
+    for layer in layers:
+        layer.training = True
+    try:
+        yield
+    finally:
+        for layer, mode in zip(layers, before):
+            layer.training = mode
 
 
 class Method(nn.Module):
@@ -130,6 +150,33 @@ class Method(nn.Module):
         return self
 
     # -- helpers for subclasses ----------------------------------------------------------------
+    def copy_network(self) -> tuple[nn.Module, dict[str, nn.Module]]:
+        """A frozen deep copy of the adapted network and its norm layers by name.
+
+        For teachers and anchors (RoTTA, CoTTA, ROID): each copy has norm layers of its own,
+        with their own statistics. Assign the copy to an attribute of the method (a submodule)
+        so that ``state_dict()`` and ``reset()`` cover it.
+        """
+        net = copy.deepcopy(self.model)
+        net.requires_grad_(False)
+        return net, {name: net.get_submodule(name) for name in self.norm_layers}
+
+    def random(self, draw: Callable[[torch.Generator], Any]) -> Any:
+        """``draw(generator)`` with the method's own CPU generator, seeded by ``context.seed``.
+
+        The generator's state lives in ``self.rng_state`` (add it to ``state_vars``), so
+        ``reset()`` and a state round trip replay the same draws; the global RNG is untouched.
+        """
+        gen = torch.Generator()
+        state = getattr(self, "rng_state", None)
+        if state is None:
+            gen.manual_seed(self.context.seed)
+        else:
+            gen.set_state(state)
+        out = draw(gen)
+        self.rng_state = gen.get_state()
+        return out
+
     def norm_parameters(self) -> list[nn.Parameter]:
         """γ and β of every adapted norm layer, in module order (what TENT trains)."""
         return [

@@ -59,14 +59,6 @@ class DeYO(GradientMethod):
     def parameters_to_adapt(self) -> list[nn.Parameter]:
         return parameters_below_top_layers(self.norm_layers)
 
-    def _rand(self, draw) -> torch.Tensor:
-        """A draw from the method's own CPU generator (its state is part of the method's state)."""
-        gen = torch.Generator()
-        gen.set_state(self.rng_state)
-        out = draw(gen)
-        self.rng_state = gen.get_state()
-        return out
-
     def destroy(self, x: torch.Tensor) -> torch.Tensor:
         """The object-destroying view x′ of a batch (B, C, H, W)."""
         x = x.detach().clone()
@@ -79,7 +71,7 @@ class DeYO(GradientMethod):
             window.copy_(mean.expand_as(window))
             return x
         if kind == "pixel":
-            perm = self._rand(lambda g: torch.randperm(h * w, generator=g)).to(x.device)
+            perm = self.random(lambda g: torch.randperm(h * w, generator=g)).to(x.device)
             return x.reshape(b, c, h * w)[:, :, perm].reshape(b, c, h, w)
         n = self.hparams["patch_len"]
         hh, ww = (h // n) * n, (w // n) * n
@@ -89,7 +81,7 @@ class DeYO(GradientMethod):
         patches = (
             x.reshape(b, c, n, ph, n, pw).permute(0, 2, 4, 1, 3, 5).reshape(b, n * n, c, ph, pw)
         )
-        order = self._rand(lambda g: torch.rand(b, n * n, generator=g)).argsort(dim=-1)
+        order = self.random(lambda g: torch.rand(b, n * n, generator=g)).argsort(dim=-1)
         patches = patches[torch.arange(b)[:, None], order.to(x.device)]
         x = patches.reshape(b, n, n, c, ph, pw).permute(0, 3, 1, 4, 2, 5).reshape(b, c, hh, ww)
         return TF.resize(x, [h, w]) if (hh, ww) != (h, w) else x
