@@ -68,11 +68,47 @@ class AdaptedModel(nn.Module):
         cls = method_class or NormOnly
         self.method = cls(self.model, layers, dict(method_options or {}), context)
         self.method.prepare()
+        # context-bn layers, by name (a plain dict: the modules are registered under self.model)
+        self._context_layers = [n for n, m in layers.items() if hasattr(m, "collecting")]
+        self._has_context = False
         self._initial = self._snapshot()
 
     @property
     def optimizer(self) -> Optional[torch.optim.Optimizer]:
         return self.method.optimizer
+
+    @property
+    def uses_context(self) -> bool:
+        """Whether the norm layers take their statistics from context samples (``context-bn``)."""
+        return bool(self._context_layers)
+
+    @torch.no_grad()
+    def set_context(self, x: torch.Tensor) -> None:
+        """Take every norm layer's statistics from the context images ``x`` (B, C, H, W) of the
+        domain about to be streamed (``context-bn``); they hold until the next call or reset."""
+        if not self.uses_context:
+            raise TTAError(
+                f"set_context needs the norm method 'context-bn', but this model adapts with "
+                f"{self.method_name!r} over norm {self.norm_method!r}; wrap it with "
+                "tta.adapt(model, 'context-bn') or norm='context-bn'"
+            )
+        if not isinstance(x, torch.Tensor) or x.dim() < 2 or not x.is_floating_point():
+            raise TTATypeError(
+                "set_context takes the context images as one float tensor (B, C, H, W) in "
+                f"[0, 1], got {type(x).__name__}"
+                + (f" of shape {tuple(x.shape)}, dtype {x.dtype}" if torch.is_tensor(x) else "")
+            )
+        if x.shape[0] < 1:
+            raise TTAError("set_context got no context images (batch of 0)")
+        layers = [self.model.get_submodule(name) for name in self._context_layers]
+        for layer in layers:
+            layer.collecting = True
+        try:
+            self.model(x)
+        finally:
+            for layer in layers:
+                layer.collecting = False
+        self._has_context = True
 
     # -- state -------------------------------------------------------------------------------
     def _mutable_names(self) -> list[str]:
@@ -101,9 +137,13 @@ class AdaptedModel(nn.Module):
         self.method.set_extra_state(copy.deepcopy(self._initial["method"]))
         self.method.reset()
         self.method.wants_reset = False
+        self._has_context = False
 
     def get_extra_state(self) -> dict[str, Any]:
-        return {"method": self.method_name, "options": dict(self.options)}
+        state = {"method": self.method_name, "options": dict(self.options)}
+        if self.uses_context:
+            state["has_context"] = self._has_context
+        return state
 
     def set_extra_state(self, state: Any) -> None:
         if not isinstance(state, dict) or "method" not in state:
@@ -114,6 +154,7 @@ class AdaptedModel(nn.Module):
                 f"{state.get('options')}, but this model is {self.method_name!r} with "
                 f"{self.options}"
             )
+        self._has_context = bool(state.get("has_context", False))
 
     def train(self, mode: bool = True) -> AdaptedModel:
         """Only flips the wrapper's flag: the wrapped network stays in eval mode."""
@@ -123,6 +164,12 @@ class AdaptedModel(nn.Module):
 
     # -- forward -----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._has_context and self.uses_context:
+            raise TTAError(
+                "norm 'context-bn' normalises with the statistics of context samples, and none "
+                "were given since wrapping or the last reset; call adapted.set_context(x_context) "
+                "with images of the domain first (in runs: data.context_per_domain)"
+            )
         if self.method.episodic:
             self.reset()
         out = self.method.forward_and_adapt(x)
