@@ -35,6 +35,13 @@ DEMO_METHODS: list[Any] = [
     "deyo",
     "lame",
 ]
+#: ``tta demo --plugin-table``: the UnMix-TNS paper's plug-in comparison, each method with its
+#: own norm and with UnMix-TNS underneath.
+PLUGIN_DEMO_METHODS: list[Any] = [
+    entry
+    for name in ("tent", "rotta", "note", "roid")
+    for entry in (name, {"name": name, "norm": "unmix-tns"})
+]
 #: Seeds of the demo: every method runs once per seed on each order.
 DEMO_SEEDS = [0, 1, 2]
 DEMO_SPEC = "resnet8"
@@ -186,17 +193,57 @@ def run_demo(
     methods: Optional[list[Any]] = None,
     seeds: Optional[list[int]] = None,
     force: bool = False,
+    plugin: bool = False,
     log=print,
 ) -> dict[str, dict[str, Any]]:
     """Run the demo; returns the results of the i.i.d. and Dirichlet runs.
 
     ``methods``: the methods to compare with source (default ``DEMO_METHODS``, every built-in
     method); ``seeds``: one run per seed on each order (default ``DEMO_SEEDS``), reported as
-    mean ± std.
+    mean ± std. ``plugin``: the UnMix-TNS paper's plug-in table instead (default methods
+    ``PLUGIN_DEMO_METHODS``).
     """
+    if plugin:
+        methods = list(PLUGIN_DEMO_METHODS if methods is None else methods)
+        return _run_plugin_demo(out, epochs, corruptions, num_samples, methods, seeds, force, log)
     methods = list(DEMO_METHODS if methods is None else methods)
     seeds = list(DEMO_SEEDS if seeds is None else seeds)
     checkpoint = source_model(epochs, log)
+    results = _evaluate_orders(
+        out, checkpoint, corruptions, num_samples, methods, seeds, force, log
+    )
+    n = len(seeds)
+    text = (
+        "# tta demo: MNIST-5k digits, corrupted at severity 5, continual stream\n\n"
+        "Source model trained on the clean training digits; "
+        f"{num_samples or 1000} of the held-out digits (a subset drawn per seed) are "
+        "corrupted and streamed once per ordering and seed. Online error in %, mean ± sample "
+        f"standard deviation (ddof = 1) over {n} seed{'s' if n != 1 else ''} "
+        f"({', '.join(map(str, seeds))}); a seed sets the corruption noise, the stream order and "
+        "every method's random draws.\n\n"
+        f"## i.i.d. order\n\n{error_table(results['iid'])}\n\n"
+        f"## Dirichlet order (δ = 0.1, label-correlated)\n\n{error_table(results['dirichlet'])}\n\n"
+        f"## What this shows\n\n{verdict(results['iid'], results['dirichlet'])}\n\n"
+        f"Details and figures: {out}/iid/ and {out}/dirichlet/ (summary.md, errors.png).\n"
+    )
+    write_text(Path(out) / "summary.md", text)
+    for order in ("iid", "dirichlet"):
+        log("\n" + summary_markdown(results[order]))
+    log(text)
+    return results
+
+
+def _evaluate_orders(
+    out: str,
+    checkpoint: Path,
+    corruptions: Optional[list[str]],
+    num_samples: Optional[int],
+    methods: list[Any],
+    seeds: list[int],
+    force: bool,
+    log,
+) -> dict[str, dict[str, Any]]:
+    """One run per stream order (i.i.d., Dirichlet δ = 0.1) of the demo's continual stream."""
     results = {}
     for order in ("iid", "dirichlet"):
         config = {
@@ -219,22 +266,42 @@ def run_demo(
             f"{len(seeds)} seed(s) ..."
         )
         results[order] = evaluate(config, force=force)
+    return results
+
+
+def _run_plugin_demo(
+    out: str,
+    epochs: int,
+    corruptions: Optional[list[str]],
+    num_samples: Optional[int],
+    methods: list[Any],
+    seeds: Optional[list[int]],
+    force: bool,
+    log,
+) -> dict[str, dict[str, Any]]:
+    """``tta demo --plugin-table``: each method with its own norm and with UnMix-TNS."""
+    from tta.plugin_table import plugin_table
+
+    seeds = list(DEMO_SEEDS if seeds is None else seeds)
+    checkpoint = source_model(epochs, log)
+    results = _evaluate_orders(
+        out, checkpoint, corruptions, num_samples, methods, seeds, force, log
+    )
+    sections = []
+    for order, title in (("iid", "i.i.d. order"), ("dirichlet", "Dirichlet order (δ = 0.1)")):
+        runs = [r["methods"] for r in results[order]["per_seed"]]
+        table = plugin_table(runs) or "(no method is listed both with and without a norm)"
+        sections.append(f"## {title}\n\n{table}\n")
     n = len(seeds)
     text = (
-        "# tta demo: MNIST-5k digits, corrupted at severity 5, continual stream\n\n"
-        "Source model trained on the clean training digits; "
-        f"{num_samples or 1000} of the held-out digits (a subset drawn per seed) are "
-        "corrupted and streamed once per ordering and seed. Online error in %, mean ± sample "
-        f"standard deviation (ddof = 1) over {n} seed{'s' if n != 1 else ''} "
-        f"({', '.join(map(str, seeds))}); a seed sets the corruption noise, the stream order and "
-        "every method's random draws.\n\n"
-        f"## i.i.d. order\n\n{error_table(results['iid'])}\n\n"
-        f"## Dirichlet order (δ = 0.1, label-correlated)\n\n{error_table(results['dirichlet'])}\n\n"
-        f"## What this shows\n\n{verdict(results['iid'], results['dirichlet'])}\n\n"
-        f"Details and figures: {out}/iid/ and {out}/dirichlet/ (summary.md, errors.png).\n"
+        "# tta demo: the UnMix-TNS plug-in table on MNIST-5k\n\n"
+        "Each method with its own norm layer and with UnMix-TNS put underneath (`norm: "
+        "unmix-tns`), on the same continual streams of corrupted digits (severity 5, "
+        f"{num_samples or 1000} digits per corruption). Online error in %, mean ± std over {n} "
+        f"seed{'s' if n != 1 else ''}; Δ = UnMix-TNS − own norm, paired by seed.\n\n"
+        + "\n".join(sections)
+        + f"\nDetails: {out}/iid/ and {out}/dirichlet/ (summary.md, errors.png).\n"
     )
     write_text(Path(out) / "summary.md", text)
-    for order in ("iid", "dirichlet"):
-        log("\n" + summary_markdown(results[order]))
     log(text)
     return results

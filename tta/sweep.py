@@ -46,6 +46,7 @@ from tta._io import (
 )
 from tta.config import SCHEMA, apply_overrides, parse_value, read_yaml, resolve_config
 from tta.evaluation import evaluate
+from tta.plugin_table import plugin_table
 
 PathLike = Union[str, Path]
 Progress = Optional[Callable[[str], None]]
@@ -726,6 +727,12 @@ def collect(directory: PathLike) -> dict[str, Any]:
         group["cells"].append(cid)
         for run in _seed_runs(res):
             group["seeds"] += 1
+            group.setdefault("runs", []).append(
+                [
+                    {k: m[k] for k in ("label", "name", "options", "mean_error")}
+                    for m in run["methods"]
+                ]
+            )
             for m in run["methods"]:
                 entry = group["methods"].setdefault(m["label"], {"errors": [], "deltas": []})
                 entry["errors"].append(m["mean_error"])
@@ -848,6 +855,19 @@ def sweep_markdown(
                 row.append(text)
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
+    tables = {label: plugin_table(g.get("runs", [])) for label, g in settings.items()}
+    if any(tables.values()):
+        lines += [
+            "## Plug-in table: each method with its own norm and with another norm underneath",
+            "",
+            "The layout of the UnMix-TNS paper: mean online error (%) over domains, mean ± std "
+            "over seeds; Δ = (other norm − own norm), paired by seed (negative = the other norm "
+            "helps).",
+            "",
+        ]
+        for label, table in tables.items():
+            if table:
+                lines += [f"### {_md(label)}", "", table, ""]
     lines += ["## Cells", "", "| cell | status | " + " | ".join(_md(m) for m in methods) + " |"]
     lines.append("|" + "---|" * (len(methods) + 2))
     for cid, res in results.items():

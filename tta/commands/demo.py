@@ -17,7 +17,11 @@ def register(subparsers: Any) -> None:
             "compare every method with the source baseline on an i.i.d. and a Dirichlet stream."
         ),
     )
-    parser.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="output folder (default runs/demo, or runs/demo-plugin with --plugin-table)",
+    )
     parser.add_argument("--epochs", type=int, default=6, help="training epochs of the source model")
     parser.add_argument(
         "--num-samples",
@@ -46,6 +50,12 @@ def register(subparsers: Any) -> None:
         metavar="SEED",
         help="seeds: one run per seed, reported as mean ± std (default: 0 1 2)",
     )
+    parser.add_argument(
+        "--plugin-table",
+        action="store_true",
+        help="the UnMix-TNS paper's plug-in table instead: tent, rotta, note and roid, each with "
+        "its own norm and with norm unmix-tns",
+    )
     parser.add_argument("--force", action="store_true", help="recompute finished results")
     parser.set_defaults(func=run)
 
@@ -53,13 +63,15 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from tta.demo import run_demo
 
+    out = args.out or ("runs/demo-plugin" if args.plugin_table else "runs/demo")
     run_demo(
-        args.out,
+        out,
         epochs=args.epochs,
         corruptions=args.corruptions,
         num_samples=args.num_samples,
         methods=args.methods,
         seeds=args.seeds,
         force=args.force,
+        plugin=args.plugin_table,
     )
     return 0
