@@ -1,13 +1,22 @@
 """Build a bare network (no normalisation, no weights) from a spec string.
 
 Specs: the CIFAR networks defined here (``resnet26``, ``wrn28_10``, ...), ``timm:<name>``
-(built with ``pretrained=False``), ``torchvision:<name>`` (built with ``weights=None``) and
-``robustbench:<dataset>/<threat_model>/<name>`` (the zoo's architecture). Nothing is downloaded
-here; pretrained weights are loaded by ``tta.models.pretrained`` (through ``tta.load_model``).
+(built with ``pretrained=False``), ``torchvision:<name>`` (built with ``weights=None``),
+``robustbench:<dataset>/<threat_model>/<name>`` (the zoo's architecture) and an architecture of
+your own, ``package.module:factory`` or ``path/to/file.py:factory`` (the callable is imported and
+called with the architecture options, plus ``num_classes`` when it takes that keyword). Nothing is
+downloaded here; pretrained weights are loaded by ``tta.models.pretrained`` (through
+``tta.load_model``).
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import inspect
+import re
+import sys
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 from torch import nn
@@ -33,11 +42,78 @@ _CIFAR: dict[str, tuple[Callable[..., nn.Module], dict[str, Any], str]] = {
 }
 DEFAULT_NUM_CLASSES = 10
 PREFIXES = ("timm", "torchvision", "robustbench")
+IMPORT_FORM = "package.module:factory (or path/to/file.py:factory)"
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def spec_names() -> list[str]:
-    """The built-in CIFAR specs followed by the prefixed families."""
-    return list(_CIFAR) + [f"{p}:<name>" for p in PREFIXES]
+    """The built-in CIFAR specs followed by the prefixed families and the import form."""
+    return list(_CIFAR) + [f"{p}:<name>" for p in PREFIXES] + [IMPORT_FORM]
+
+
+def is_import_spec(spec: str) -> bool:
+    """Whether ``spec`` names a factory of the user's: ``<module or .py file>:<callable>``."""
+    module, sep, attr = spec.rpartition(":")
+    return bool(sep and module and module not in PREFIXES and _IDENTIFIER.fullmatch(attr))
+
+
+def import_factory(spec: str) -> Callable[..., nn.Module]:
+    """The callable named by ``package.module:factory`` or ``path/to/file.py:factory``."""
+    module_name, _, attr = spec.rpartition(":")
+    try:
+        if module_name.endswith(".py"):
+            path = Path(module_name).expanduser()
+            if not path.is_file():
+                raise TTAError(f"model spec {spec!r}: no such file {str(path)!r}")
+            name = "tta_model_" + re.sub(r"\W", "_", str(path.resolve()))
+            module = sys.modules.get(name)
+            if module is None:
+                loader_spec = importlib.util.spec_from_file_location(name, path)
+                module = importlib.util.module_from_spec(loader_spec)
+                sys.modules[name] = module
+                try:
+                    loader_spec.loader.exec_module(module)
+                except BaseException:
+                    del sys.modules[name]
+                    raise
+        else:
+            module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        raise TTAError(
+            f"model spec {spec!r}: cannot import module {module_name!r} ({err}); a model of "
+            f"your own is given as {IMPORT_FORM}, importable from the current directory or "
+            "the Python path; built-in specs: " + ", ".join(spec_names()[:-1])
+        ) from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        names = [n for n in dir(module) if callable(getattr(module, n)) and not n.startswith("_")]
+        raise TTAError(
+            f"model spec {spec!r}: module {module_name!r} has no callable {attr!r}."
+            f"{did_you_mean(attr, names)}"
+        )
+    return factory
+
+
+def _build_imported(spec: str, num_classes: Optional[int], options: dict[str, Any]) -> nn.Module:
+    factory = import_factory(spec)
+    kwargs = dict(options)
+    if num_classes is not None and "num_classes" not in kwargs:
+        try:
+            takes = "num_classes" in inspect.signature(factory).parameters
+        except (TypeError, ValueError):
+            takes = False
+        if takes:
+            kwargs["num_classes"] = int(num_classes)
+    try:
+        network = factory(**kwargs)
+    except TypeError as err:
+        raise TTATypeError(f"model spec {spec!r}: calling it with {kwargs} failed: {err}") from None
+    if not isinstance(network, nn.Module):
+        raise TTATypeError(
+            f"model spec {spec!r} returned a {type(network).__module__}.{type(network).__name__}, "
+            "not a torch.nn.Module"
+        )
+    return network
 
 
 def describe() -> dict[str, str]:
@@ -51,6 +127,8 @@ def check_spec(spec: str) -> str:
         raise TTAError(f"model spec must be a non-empty string, got {spec!r}")
     if spec in _CIFAR:
         return spec
+    if is_import_spec(spec):
+        return spec
     family, sep, name = spec.partition(":")
     if sep and family in PREFIXES:
         if not name:
@@ -61,7 +139,10 @@ def check_spec(spec: str) -> str:
             parse_robustbench(spec)
         return spec
     if sep:
-        raise TTAError(unknown("model family", family, PREFIXES))
+        raise TTAError(
+            unknown("model family", family, PREFIXES)
+            + f" A model of your own is given as {IMPORT_FORM}."
+        )
     raise TTAError(unknown("model spec", spec, spec_names()))
 
 
@@ -82,6 +163,8 @@ def build_network(spec: str, num_classes: Optional[int] = None, **options: Any) 
             return builder(num_classes=classes, **kwargs)
         except TypeError as err:
             raise TTATypeError(f"bad option for model {spec!r}: {err}") from None
+    if is_import_spec(spec):
+        return _build_imported(spec, num_classes, options)
     family, _, name = spec.partition(":")
     for key in ("pretrained", "weights", "pretrained_cfg_overlay", "pretrained_tag", "model_dir"):
         if key in options:
