@@ -79,6 +79,12 @@ def import_factory(spec: str) -> Callable[..., nn.Module]:
         else:
             module = importlib.import_module(module_name)
     except ModuleNotFoundError as err:
+        if "." not in module_name and did_you_mean(module_name, PREFIXES):  # a mistyped family
+            raise TTAError(
+                unknown("model family", module_name, PREFIXES)
+                + f" (Nor is it a module to import a factory from: {err}; a model of your own "
+                f"is given as {IMPORT_FORM}.)"
+            ) from None
         raise TTAError(
             f"model spec {spec!r}: cannot import module {module_name!r} ({err}); a model of "
             f"your own is given as {IMPORT_FORM}, importable from the current directory or "
