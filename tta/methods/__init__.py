@@ -13,6 +13,7 @@ from tta.methods.eata import EATA, ETA
 from tta.methods.sar import SAR
 from tta.methods.deyo import DeYO
 from tta.methods.lame import LAME
+from tta.methods.note import NOTE, note_entropy, pbrs_insert
 
 __all__ = [
     "EATA",
@@ -20,6 +21,7 @@ __all__ = [
     "Core",
     "DeYO",
     "LAME",
+    "NOTE",
     "SAR",
     "GradientMethod",
     "Method",
@@ -29,4 +31,6 @@ __all__ = [
     "class_confusion_loss",
     "entropy",
     "entropy_loss",
+    "note_entropy",
+    "pbrs_insert",
 ]

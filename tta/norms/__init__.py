@@ -8,6 +8,7 @@ from tta.norms.tbn import TestBatchNorm
 from tta.norms.alpha_bn import AlphaBatchNorm
 from tta.norms.rbn import RobustBatchNorm
 from tta.norms.unmix_tns import UnMixTNS
+from tta.norms.iabn import InstanceAwareBatchNorm
 from tta.norms.context_bn import ContextBatchNorm
 from tta.norms.base import AdaptiveNorm, batch_stats, instance_stats, normalize
 
@@ -15,6 +16,7 @@ __all__ = [
     "AdaptiveNorm",
     "AlphaBatchNorm",
     "ContextBatchNorm",
+    "InstanceAwareBatchNorm",
     "RobustBatchNorm",
     "SourceNorm",
     "TestBatchNorm",
