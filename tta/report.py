@@ -6,12 +6,11 @@ seeds: ``±`` in summary.md, ``*_std`` columns in results.csv, error bars in err
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 from typing import Any
 
-from tta._io import atomic_write, write_json, write_text
+from tta._io import write_json, write_text
+from tta._render import csv_text, md_table, number, png_figure
 
 
 def short_domain(name: str) -> str:
@@ -23,17 +22,9 @@ def short_domain(name: str) -> str:
     return f"{short}-{sev}" if sep else short
 
 
-def _fmt(value: float, signed: bool = False) -> str:
-    return f"{value:+.1f}" if signed else f"{value:.1f}"
-
-
 def multi_seed(results: dict[str, Any]) -> bool:
     """Whether ``results`` come from a run with ``seeds`` (numbers are means with a std)."""
     return "seeds" in results
-
-
-def _pm(value: float, std: float, signed: bool = False) -> str:
-    return f"{_fmt(value, signed)} ± {std:.1f}"
 
 
 def error_table(results: dict[str, Any]) -> str:
@@ -41,33 +32,32 @@ def error_table(results: dict[str, Any]) -> str:
     ``seeds``, each entry is mean ± std over the seeds."""
     domains = results["stream"]["domains"]
     head = ["method", *(short_domain(d) for d in domains), "mean", "Δ vs source"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     multi = multi_seed(results)
+    rows = []
     for m in results["methods"]:
-        if multi:
-            cells = [m["label"]]
-            cells += [
-                _pm(m["errors"][d], m["errors_std"][d]) if d in m["errors"] else "-"
-                for d in domains
-            ]
-            cells += [
-                _pm(m["mean_error"], m["mean_error_std"]),
-                _pm(m["delta_vs_source"], m["delta_vs_source_std"], signed=True),
-            ]
-        else:
-            cells = [m["label"]]
-            cells += [_fmt(m["errors"][d]) if d in m["errors"] else "-" for d in domains]
-            cells += [_fmt(m["mean_error"]), _fmt(m["delta_vs_source"], signed=True)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        # With seeds every number carries its std over the seeds; without, there is none.
+        cells = [m["label"]]
+        cells += [
+            number(m["errors"][d], m["errors_std"][d] if multi else None)
+            if d in m["errors"]
+            else "-"
+            for d in domains
+        ]
+        cells += [
+            number(m["mean_error"], m["mean_error_std"] if multi else None),
+            number(m["delta_vs_source"], m["delta_vs_source_std"] if multi else None, signed=True),
+        ]
+        rows.append(cells)
+    return "\n".join(md_table(head, rows))
 
 
 def timing_table(results: dict[str, Any]) -> str:
-    lines = ["| method | images/s | wall time (s) |", "|---|---|---|"]
-    for m in results["methods"]:
-        ips = m["images_per_second"]
-        lines.append(f"| {m['label']} | {ips:.0f} | {m['seconds']:.1f} |")
-    return "\n".join(lines)
+    """Markdown table: each method's throughput and wall time."""
+    rows = [
+        [m["label"], f"{m['images_per_second']:.0f}", f"{m['seconds']:.1f}"]
+        for m in results["methods"]
+    ]
+    return "\n".join(md_table(["method", "images/s", "wall time (s)"], rows))
 
 
 def describe_stream(results: dict[str, Any]) -> str:
@@ -130,98 +120,79 @@ def results_csv(results: dict[str, Any]) -> str:
     (each seed's numbers are in results.json, ``per_seed``)."""
     if multi_seed(results):
         return _results_csv_seeds(results)
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["method", "domain", "error", "source_error", "delta_vs_source", "samples"])
     source = results["methods"][0]["errors"]
-    for m in results["methods"]:
-        for d, e in m["errors"].items():
-            writer.writerow(
-                [
-                    m["label"],
-                    d,
-                    f"{e:.4f}",
-                    f"{source[d]:.4f}",
-                    f"{e - source[d]:.4f}",
-                    m["samples"][d],
-                ]
-            )
-    return buf.getvalue()
+    rows = [
+        [m["label"], d, f"{e:.4f}", f"{source[d]:.4f}", f"{e - source[d]:.4f}", m["samples"][d]]
+        for m in results["methods"]
+        for d, e in m["errors"].items()
+    ]
+    return csv_text(
+        ["method", "domain", "error", "source_error", "delta_vs_source", "samples"], rows
+    )
 
 
 def _results_csv_seeds(results: dict[str, Any]) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(
-        [
-            "method",
-            "domain",
-            "error",
-            "error_std",
-            "source_error",
-            "delta_vs_source",
-            "delta_std",
-            "samples",
-            "seeds",
-        ]
-    )
+    head = [
+        "method",
+        "domain",
+        "error",
+        "error_std",
+        "source_error",
+        "delta_vs_source",
+        "delta_std",
+        "samples",
+        "seeds",
+    ]
     source = results["methods"][0]["errors"]
     n = len(results["seeds"])
-    for m in results["methods"]:
-        for d, e in m["errors"].items():
-            writer.writerow(
-                [
-                    m["label"],
-                    d,
-                    f"{e:.4f}",
-                    f"{m['errors_std'][d]:.4f}",
-                    f"{source[d]:.4f}",
-                    f"{m['delta_per_domain'][d]:.4f}",
-                    f"{m['delta_per_domain_std'][d]:.4f}",
-                    m["samples"][d],
-                    n,
-                ]
-            )
-    return buf.getvalue()
+    rows = [
+        [
+            m["label"],
+            d,
+            f"{e:.4f}",
+            f"{m['errors_std'][d]:.4f}",
+            f"{source[d]:.4f}",
+            f"{m['delta_per_domain'][d]:.4f}",
+            f"{m['delta_per_domain_std'][d]:.4f}",
+            m["samples"][d],
+            n,
+        ]
+        for m in results["methods"]
+        for d, e in m["errors"].items()
+    ]
+    return csv_text(head, rows)
 
 
 def plot_errors(results: dict[str, Any], path: Path) -> None:
     """Per-domain error of every method; the source baseline is the thick dashed black line, so
     points below it are domains where adaptation helps."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     domains = results["stream"]["domains"]
     xs = range(len(domains))
     multi = multi_seed(results)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(domains) + 3), 4.2))
-    for m in results["methods"]:
-        ys = [m["errors"].get(d, float("nan")) for d in domains]
-        es = [m["errors_std"].get(d, float("nan")) for d in domains] if multi else None
-        if m["name"] == "source" and m["label"] == "source":
-            style = {"fmt": "k--", "lw": 2.5, "label": "source (no adaptation)", "zorder": 3}
-        else:
-            mean = _pm(m["mean_error"], m["mean_error_std"]) if multi else f"{m['mean_error']:.1f}"
-            style = {"fmt": "o-", "lw": 1.2, "ms": 4, "label": f"{m['label']} ({mean})"}
-        if multi:
-            ax.errorbar(xs, ys, yerr=es, capsize=2, **style)
-        else:
-            fmt = style.pop("fmt")
-            ax.plot(xs, ys, fmt, **style)
-    ax.set_xticks(list(xs), [short_domain(d) for d in domains], rotation=45, ha="right")
-    ax.set_ylabel("online error (%)")
-    spread = f", bars: std over {len(results['seeds'])} seeds" if multi else ""
-    ax.set_title(f"{results['name']}: error per domain (mean in legend{spread})")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
+    with png_figure(path, (max(6.0, 0.6 * len(domains) + 3), 4.2)) as ax:
+        for m in results["methods"]:
+            ys = [m["errors"].get(d, float("nan")) for d in domains]
+            es = [m["errors_std"].get(d, float("nan")) for d in domains] if multi else None
+            if m["name"] == "source" and m["label"] == "source":
+                style = {"fmt": "k--", "lw": 2.5, "label": "source (no adaptation)", "zorder": 3}
+            else:
+                mean = number(m["mean_error"], m["mean_error_std"] if multi else None)
+                style = {"fmt": "o-", "lw": 1.2, "ms": 4, "label": f"{m['label']} ({mean})"}
+            if multi:
+                ax.errorbar(xs, ys, yerr=es, capsize=2, **style)
+            else:
+                fmt = style.pop("fmt")
+                ax.plot(xs, ys, fmt, **style)
+        ax.set_xticks(list(xs), [short_domain(d) for d in domains], rotation=45, ha="right")
+        ax.set_ylabel("online error (%)")
+        spread = f", bars: std over {len(results['seeds'])} seeds" if multi else ""
+        ax.set_title(f"{results['name']}: error per domain (mean in legend{spread})")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
 
 
 def write_reports(out: Path, results: dict[str, Any]) -> None:
+    """Write a finished run's four result files into ``out``."""
     write_json(out / "results.json", results)
     write_text(out / "results.csv", results_csv(results))
     write_text(out / "summary.md", summary_markdown(results))
