@@ -21,8 +21,20 @@ import tta
 from tta.models.wide_resnet import WideResNet
 from tta.norms import UnMixTNS
 
-STATS_METHODS = ["source", "tbn", "alpha-bn", "rbn", "unmix-tns"]
-GRADIENT_METHODS = ["tent", "core", "eta", "eata", "sar", "deyo", "lame"]
+STATS_METHODS = ["source", "tbn", "alpha-bn", "rbn", "unmix-tns", "iabn", "context-bn"]
+GRADIENT_METHODS = [
+    "tent",
+    "core",
+    "eta",
+    "eata",
+    "sar",
+    "deyo",
+    "lame",
+    "note",
+    "rotta",
+    "roid",
+    "cotta",
+]
 # Filters that keep every sample: the cost of a batch on which every sample updates (the same
 # batch repeats, so ETA's redundancy filter would otherwise drop it after the first round, and
 # this random network is not confident enough for the default entropy margins).
@@ -32,6 +44,10 @@ WORST_CASE = {
     "eata": {**_ALL_RELIABLE, "d_margin": 1.0},
     "sar": _ALL_RELIABLE,
     "deyo": {**_ALL_RELIABLE, "plpd_threshold": -1.0},
+    # CoTTA averages its 32 augmented views whenever the source model's confidence is below
+    # ap; ap = 1 makes that every batch. NOTE and RoTTA update every 64 samples: at batch 64
+    # every batch pays one update.
+    "cotta": {"ap": 1.0},
 }
 
 
@@ -60,6 +76,8 @@ def measure(batch_size: int, repeats: int, methods: list[str]) -> dict[str, floa
     context = tta.RunContext(batch_size=batch_size, source_images=source)
     for name in methods:
         runners[name] = tta.adapt(net, name, context, **WORST_CASE.get(name, {}))
+        if runners[name].uses_context:  # context-bn: statistics of 2·B context images, once
+            runners[name].set_context(source)
     times: dict[str, list[float]] = {name: [] for name in runners}
     for r in range(repeats + 3):
         for name, run in runners.items():
@@ -72,7 +90,7 @@ def measure(batch_size: int, repeats: int, methods: list[str]) -> dict[str, floa
 
 
 class NaiveMixture(UnMixTNS):
-    """UnMix-TNS with the mixture statistics computed as written in SPEC §1 step 3-4, through
+    """UnMix-TNS with the mixture statistics computed as written in docs/algorithms.md §1 steps 3-4, through
     (B, K, C) tensors (as the official code does), for comparison with our (B, K) x (K, C) form."""
 
     def mixture_stats(self, inst_mean, inst_var, p):

@@ -14,6 +14,9 @@ from tta.methods.sar import SAR
 from tta.methods.deyo import DeYO
 from tta.methods.lame import LAME
 from tta.methods.note import NOTE, note_entropy, pbrs_insert
+from tta.methods.rotta import RoTTA
+from tta.methods.cotta import CoTTA
+from tta.methods.roid import ROID
 
 __all__ = [
     "EATA",
@@ -22,6 +25,9 @@ __all__ = [
     "DeYO",
     "LAME",
     "NOTE",
+    "ROID",
+    "CoTTA",
+    "RoTTA",
     "SAR",
     "GradientMethod",
     "Method",

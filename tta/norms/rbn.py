@@ -1,7 +1,9 @@
 """``rbn``: robust BatchNorm of RoTTA (Yuan et al., CVPR 2023).
 
 Running statistics start at the source ones and move towards each test batch by an exponential
-moving average; every batch is normalised with the freshly updated values.
+moving average; every batch is normalised with the freshly updated values. Under the RoTTA method
+(``update_in_eval = False``) the statistics move only in train-mode forwards, the memory updates,
+and eval-mode forwards normalise with them as they stand, as the authors' RobustBN does.
 """
 
 from __future__ import annotations
@@ -22,8 +24,12 @@ class RobustBatchNorm(AdaptiveNorm):
         self.momentum = float(momentum)
         self.register_buffer("running_mean", self.source_mean.clone())
         self.register_buffer("running_var", self.source_var.clone())
+        # False: move the statistics only when ``self.training`` (RoTTA's memory forwards)
+        self.update_in_eval = True
 
     def adapt_and_normalize(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training or self.update_in_eval):
+            return self.normalize(x, self.running_mean, self.running_var)
         mean_t, var_t = batch_stats(x)
         a = self.momentum
         mean = (1.0 - a) * self.running_mean + a * mean_t
