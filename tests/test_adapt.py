@@ -277,6 +277,16 @@ METHODS = [
     ("tent", {"lr": 1e-2}),
     ("core", {"lr": 1e-2}),
     ("tent", {"norm": "unmix-tns", "num_components": 3, "lr": 1e-2}),
+    ("iabn", {}),
+    # the memory methods update every 4 samples here, so each batch of 6 updates mid-batch
+    ("note", {"lr": 1e-2, "memory_size": 8, "update_every": 4}),
+    ("note", {"norm": "unmix-tns", "num_components": 3, "lr": 1e-2, "update_every": 4}),
+    ("rotta", {"lr": 1e-2, "memory_size": 8, "update_every": 4}),
+    ("rotta", {"norm": "unmix-tns", "num_components": 3, "lr": 1e-2, "update_every": 4}),
+    ("cotta", {"lr": 1e-2, "n_augmentations": 2, "ap": 1.0, "rst": 0.1}),
+    ("cotta", {"norm": "unmix-tns", "num_components": 3, "n_augmentations": 2, "ap": 1.0}),
+    ("roid", {"lr": 1e-2}),
+    ("roid", {"norm": "unmix-tns", "num_components": 3, "lr": 1e-2}),
 ]
 IDS = [m + ("+" + o["norm"] if "norm" in o else "") for m, o in METHODS]
 

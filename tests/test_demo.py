@@ -9,7 +9,7 @@ import re
 import pytest
 
 from tta.cli import main
-from tta.demo import DEMO_METHODS, DEMO_SEEDS, verdict
+from tta.demo import DEMO_LEFT_OUT, DEMO_METHODS, DEMO_SEEDS, verdict
 
 
 def test_demo_lists_every_built_in_method():
@@ -17,7 +17,8 @@ def test_demo_lists_every_built_in_method():
 
     built_in = [n for n, m in NORMS.items() if m.layer.__module__.startswith("tta.")]
     built_in += [n for n, c in METHODS.items() if c.__module__.startswith("tta.")]
-    assert sorted(DEMO_METHODS) == sorted(set(built_in) - {"source"})
+    assert sorted(DEMO_METHODS) == sorted(set(built_in) - {"source", *DEMO_LEFT_OUT})
+    assert set(DEMO_LEFT_OUT) <= set(built_in)
     assert len(DEMO_SEEDS) == 3
 
 

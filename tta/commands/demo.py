@@ -40,7 +40,8 @@ def register(subparsers: Any) -> None:
         nargs="+",
         default=None,
         metavar="METHOD",
-        help="methods to compare with source (default: every built-in method)",
+        help="methods to compare with source (default: every built-in method but context-bn "
+        "and cotta)",
     )
     parser.add_argument(
         "--seeds",
