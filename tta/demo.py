@@ -208,8 +208,8 @@ def run_demo(
     """Run the demo; returns the results of the i.i.d. and Dirichlet runs.
 
     ``methods``: the methods to compare with source (default ``DEMO_METHODS``: every built-in
-    method but those in ``DEMO_LEFT_OUT``); ``seeds``: one run per seed on each order (default ``DEMO_SEEDS``), reported as
-    mean ± std. ``plugin``: the UnMix-TNS paper's plug-in table instead (default methods
+    method but those in ``DEMO_LEFT_OUT``); ``seeds``: one run per seed on each order (default
+    ``DEMO_SEEDS``), reported as mean ± std. ``plugin``: the UnMix-TNS paper's plug-in table instead (default methods
     ``PLUGIN_DEMO_METHODS``).
     """
     if plugin:
