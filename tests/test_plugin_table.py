@@ -100,3 +100,20 @@ def test_sweep_markdown_adds_the_table_per_setting():
     # one seed: no ± part
     iid = text.split("### order=iid")[1]
     assert "| tent (tbn) | 30.0 | 25.0 | -5.0 |" in iid
+
+
+def test_shipped_plugin_sweep_pairs_every_method_with_unmix_tns():
+    from pathlib import Path
+
+    from tta.config import method_entries
+    from tta.sweep import load_sweep
+
+    path = Path(__file__).parent.parent / "configs/sweeps/unmixtns_plugin_table.yaml"
+    sweep = load_sweep(path)
+    assert len(sweep.cells) == 6  # {iid, dirichlet} x 3 seeds
+    config = sweep.cells[0].config
+    assert config["stream"]["batch_size"] == 64 and config["data"]["severities"] == [5]
+    assert config["stream"]["schedule"] == "continual"
+    pairs = find_pairs(method_entries(config["methods"]))
+    assert [p.method for p in pairs] == ["tent", "lame", "cotta", "note", "rotta", "roid"]
+    assert {p.norm for p in pairs} == {"unmix-tns"}
