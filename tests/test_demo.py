@@ -117,3 +117,26 @@ def test_verdict_claims_hold_only_beyond_one_std(unmix, claim):
     text = verdict(iid, iid)
     assert claim in text.splitlines()[3]
     assert "unmix-tns is not less hurt (within one std)" in text  # identical shifts
+
+
+def test_demo_plugin_table(tmp_path, cache, monkeypatch, capsys):
+    monkeypatch.setenv("TTA_CACHE", str(cache))
+    out = tmp_path / "plugin"
+    args = ["demo", "--plugin-table", "--out", str(out), "--epochs", "1", "--num-samples", "128"]
+    args += ["--seeds", "0", "1", "--corruptions", "gaussian_noise"]
+    assert main(args) == 0
+    text = (out / "summary.md").read_text()
+    assert "| method | own norm | + unmix-tns | Δ |" in text
+    for order in ("iid", "dirichlet"):
+        res = json.loads((out / order / "results.json").read_text())
+        by_label = {m["label"]: m for m in res["per_seed"][0]["methods"]}
+        for row, own in (("tent", "tbn"), ("rotta", "rbn"), ("note", "iabn"), ("roid", "tbn")):
+            assert f"{row}+unmix-tns" in by_label
+            plugged = [
+                m["mean_error"]
+                for s in res["per_seed"]
+                for m in s["methods"]
+                if m["label"] == f"{row}+unmix-tns"
+            ]
+            mean = sum(plugged) / len(plugged)
+            assert re.search(rf"\| {row} \({own}\) \| [0-9.]+ ± [0-9.]+ \| {mean:.1f} ± ", text)
