@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from functools import cache
-from typing import Sequence
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -19,9 +19,8 @@ import torch.nn.functional as F
 
 # Added before truncating to uint8 so that values a float32 rounding error below an integer level
 # (measured at most about 5e-5 of a level) still land on k. Kept this small so that values truly
-# just below a level are not lifted to it. brightness and saturate still differ from the float64
-# scikit-image reference by one level on a few percent of values, where that reference's own
-# rounding lands just below a whole level.
+# just below a level are not lifted to it. Corruptions computed in float64 (brightness, saturate)
+# are truncated without it, as their float64 reference is.
 TRUNC_EPS = 1e-4
 
 
@@ -95,14 +94,50 @@ def separable(
     return _per_plane(y, k_rows.view(-1, 1))
 
 
-def gaussian_blur(
-    x: torch.Tensor, sigma: float, mode: str = "nearest", truncate: float = 4.0
-) -> torch.Tensor:
-    """scipy/scikit-image ``gaussian`` over the two spatial dims (defaults as skimage's)."""
-    if sigma <= 0:
-        return x
+# Kernels longer than this (radius in pixels) are applied as an n x n matrix per axis instead of
+# a convolution: cheaper for the very wide kernels of ImageNet-C's elastic transform (radius up to
+# 512 on 224-pixel images), and the matrix folds in any border extension however long the kernel.
+MATRIX_RADIUS = 32
+
+
+@cache
+def blur_matrix(n: int, sigma: float, mode: str, truncate: float) -> torch.Tensor:
+    """The 1-D Gaussian filter of an axis of length n as a matrix (border ``mode`` folded in):
+    row i holds the weight every input pixel gets in output pixel i."""
     k = gaussian_kernel1d(sigma, truncate)
-    return separable(x, k, k, mode)
+    r = (len(k) - 1) // 2
+    rows = torch.arange(n).view(n, 1).expand(n, len(k))
+    cols = remap(rows + torch.arange(-r, r + 1).view(1, -1), n, mode)
+    out = torch.zeros((n, n), dtype=torch.float64)
+    out.index_put_((rows.reshape(-1), cols.reshape(-1)), k.repeat(n), accumulate=True)
+    return out
+
+
+def gaussian_blur(
+    x: torch.Tensor,
+    sigma: Union[float, tuple[float, float]],
+    mode: str = "nearest",
+    truncate: float = 4.0,
+) -> torch.Tensor:
+    """scipy/scikit-image ``gaussian`` over the two spatial dims (defaults as skimage's).
+
+    ``sigma`` is one value or (rows, columns); an axis with sigma <= 0 is left as it is, as scipy
+    does.
+    """
+    sy, sx = (sigma, sigma) if not isinstance(sigma, tuple) else sigma
+    if sy <= 0 and sx <= 0:
+        return x
+    h, w = x.shape[-2:]
+    radius = max(int(truncate * float(s) + 0.5) for s in (sy, sx) if s > 0)
+    if radius > MATRIX_RADIUS:
+        eye = [torch.eye(h, dtype=torch.float64), torch.eye(w, dtype=torch.float64)]
+        m_rows = blur_matrix(h, float(sy), mode, truncate) if sy > 0 else eye[0]
+        m_cols = blur_matrix(w, float(sx), mode, truncate) if sx > 0 else eye[1]
+        return apply_rows_cols(x, m_rows, m_cols)
+    one = torch.ones(1, dtype=torch.float64)
+    k_rows = gaussian_kernel1d(sy, truncate) if sy > 0 else one
+    k_cols = gaussian_kernel1d(sx, truncate) if sx > 0 else one
+    return separable(x, k_rows, k_cols, mode)
 
 
 def depthwise(x: torch.Tensor, kernel: torch.Tensor, mode: str) -> torch.Tensor:
@@ -141,6 +176,13 @@ def motion_blur(
     top, bottom = max(0, -int(off_y.min())), max(0, int(off_y.max()))
     left, right = max(0, -int(off_x.min())), max(0, int(off_x.max()))
     padded = pad2d(x, top, bottom, left, right, "nearest")
+    if h * w >= 64 * 64:  # large images: each tap of an image is a plain slice (no index arrays)
+        out = torch.zeros_like(x)
+        for k in range(b):
+            for t in range(width):
+                r0, c0 = top + int(off_y[k, t]), left + int(off_x[k, t])
+                out[k].add_(padded[k, :, r0 : r0 + h, c0 : c0 + w], alpha=float(weights[t]))
+        return out
     hp, wp = padded.shape[-2:]
     rows = torch.arange(h, device=x.device).view(h, 1) + top
     cols = torch.arange(w, device=x.device).view(1, w) + left
@@ -188,10 +230,36 @@ def zoom_matrix(n: int, zoom: float) -> np.ndarray:
     return full[trim : trim + n]
 
 
-def apply_rows_cols(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """Apply one square matrix along both spatial axes: M X M^T for every channel."""
-    m = m.to(x)
-    return torch.einsum("ih,bchw,jw->bcij", m, x, m)
+def apply_rows_cols(
+    x: torch.Tensor, m_rows: torch.Tensor, m_cols: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """Linear maps along both spatial axes: M_rows X M_cols^T for every channel (M_cols defaults
+    to M_rows, for square images)."""
+    m_rows = m_rows.to(x)
+    m_cols = m_rows if m_cols is None else m_cols.to(x)
+    return torch.einsum("ih,bchw,jw->bcij", m_rows, x, m_cols)
+
+
+@cache
+def zoom_taps(n: int, zoom: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`zoom_matrix` as its two taps per output pixel: indices i0, i1 and weight t of i1
+    (every row of that matrix is a linear interpolation between two neighbours)."""
+    m = zoom_matrix(n, zoom)
+    i0 = np.argmax(m != 0, axis=1)
+    i1 = np.minimum(i0 + 1, n - 1)
+    t = np.where(i1 != i0, m[np.arange(n), i1], 0.0)
+    return torch.from_numpy(i0), torch.from_numpy(i1), torch.from_numpy(t)
+
+
+def zoom_sparse(x: torch.Tensor, zoom: float) -> torch.Tensor:
+    """The reference ``clipped_zoom`` of (B, C, H, W), each axis with its own length, by gathering
+    two neighbours per output pixel (what :func:`zoom_matrix` does, without the dense product)."""
+    h, w = x.shape[-2:]
+    r0, r1, rt = (a.to(x.device) for a in zoom_taps(h, zoom))
+    c0, c1, ct = (a.to(x.device) for a in zoom_taps(w, zoom))
+    rt, ct = rt.to(x.dtype).view(-1, 1), ct.to(x.dtype)
+    rows = torch.lerp(x.index_select(-2, r0), x.index_select(-2, r1), rt)
+    return torch.lerp(rows.index_select(-1, c0), rows.index_select(-1, c1), ct)
 
 
 class Draw:

@@ -1,6 +1,12 @@
-"""Elastic transform of CIFAR-10-C (Hendrycks & Dietterich, 2019): a random affine warp (three
-control points jittered) followed by a smooth random displacement field, both resampled
-bilinearly, batched over images."""
+"""Elastic transform (Hendrycks & Dietterich, 2019): a random affine warp (three control points
+jittered) followed by a smooth random displacement field, both resampled bilinearly, batched over
+images.
+
+Its three lengths (displacement scale alpha, smoothing sigma, affine jitter) are in pixels of the
+table's native size. On another size each is scaled by side / native along the axis it is measured
+on (rows by H, columns by W), so the warp covers the same fraction of the image; at the native size
+the factor is 1 and the reference is unchanged.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from corruptions._ops import Draw, gaussian_blur, pad2d
-from corruptions.params import params
+from corruptions.params import Setting
 
 
 def bilinear(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, mode: str) -> torch.Tensor:
@@ -39,7 +45,11 @@ def bilinear(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, mode: str)
 
 
 def control_points(h: int, w: int) -> torch.Tensor:
-    """The reference's three affine control points (x, y): centre +- a third of the size."""
+    """The reference's three affine control points (x, y): centre +- a third of the shorter side.
+
+    The reference builds them from (H // 2, W // 2) read as (x, y), which is the centre only for
+    square images (all it was run on); here x is always the column centre, y the row centre.
+    """
     cy, cx = float(h // 2), float(w // 2)
     s = min(h, w) // 3
     return torch.tensor([[cx + s, cy + s], [cx + s, cy - s], [cx - s, cy - s]], dtype=torch.float64)
@@ -53,15 +63,21 @@ def inverse_affine(src_pts: torch.Tensor, dst_pts: torch.Tensor) -> torch.Tensor
     return torch.linalg.solve(system, src_pts.expand_as(dst_pts)).transpose(1, 2)
 
 
-def elastic_fields(b: int, h: int, w: int, severity: int, draw: Draw):
+def elastic_fields(b: int, h: int, w: int, s: Setting, draw: Draw):
     """Random parameters: inverse affine maps (B, 2, 3) and displacements dx, dy (B, H, W)."""
-    alpha, sigma, jitter = params("elastic_transform", severity)
+    alpha, sigma, jitter = s.value
+    sy, sx = s.scale(h), s.scale(w)
     pts = control_points(h, w)
-    moved = pts + draw.uniform(-jitter, jitter, (b, 3, 2)).cpu().double()
+    if sx == sy:
+        shift = draw.uniform(-jitter * sx, jitter * sx, (b, 3, 2)).cpu().double()
+    else:  # x (column) jitter scaled by W, y (row) jitter by H
+        step = torch.tensor([jitter * sx, jitter * sy], dtype=torch.float64)
+        shift = (draw.rand((b, 3, 2)).cpu().double() * 2.0 - 1.0) * step
+    moved = pts + shift
     inv = inverse_affine(pts, moved)
     noise = draw.uniform(-1.0, 1.0, (b, 2, h, w))
-    field = gaussian_blur(noise, sigma, mode="reflect", truncate=3.0).double() * alpha
-    return inv, field[:, 0], field[:, 1]
+    field = gaussian_blur(noise, (sigma * sy, sigma * sx), mode="reflect", truncate=3.0).double()
+    return inv, field[:, 0] * (alpha * sx), field[:, 1] * (alpha * sy)
 
 
 def elastic_apply(
@@ -83,8 +99,8 @@ def elastic_apply(
     return bilinear(warped, yy + dy.to(dev), xx + dx.to(dev), "reflect")
 
 
-def elastic_transform(x: torch.Tensor, severity: int, draw: Draw) -> torch.Tensor:
+def elastic_transform(x: torch.Tensor, s: Setting, draw: Draw) -> torch.Tensor:
     """Random affine then elastic displacement (alpha * Gaussian-smoothed U(-1, 1) noise)."""
     b, _, h, w = x.shape
-    inv, dx, dy = elastic_fields(b, h, w, severity, draw)
+    inv, dx, dy = elastic_fields(b, h, w, s, draw)
     return elastic_apply(x, inv, dx, dy)

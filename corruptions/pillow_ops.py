@@ -1,8 +1,9 @@
 """The two corruptions the reference runs through Pillow on uint8 images (Hendrycks & Dietterich,
 2019): pixelate (BOX resize down and back up) and JPEG compression.
 
-Pixelate is reproduced bit for bit as fixed linear maps: Pillow resizes in two passes
-(horizontal, then vertical), each with 22-bit fixed-point weights and rounding to uint8. JPEG uses
+Pixelate is reproduced bit for bit as fixed linear maps on small images: Pillow resizes in two
+passes (horizontal, then vertical), each with 22-bit fixed-point weights and rounding to uint8; from
+64x64 on it calls Pillow per image instead (the dense maps grow as side^3 per image). JPEG uses
 Pillow itself (libjpeg, default 4:2:0 chroma subsampling), one image at a time: that is the codec.
 Float inputs are first rounded to uint8 levels, as the reference only ever sees uint8 images.
 """
@@ -17,7 +18,7 @@ import torch
 from PIL import Image
 
 from corruptions._ops import Draw
-from corruptions.params import params
+from corruptions.params import Setting
 
 _BITS = 22  # Pillow's PRECISION_BITS for 8-bit images: 32 - 8 - 2
 
@@ -74,10 +75,30 @@ def to_levels(x: torch.Tensor) -> torch.Tensor:
     return torch.floor(x.double().clamp(0, 1) * 255 + 0.5)
 
 
-def pixelate(x: torch.Tensor, severity: int, draw: Draw) -> torch.Tensor:
-    """BOX-downsample to int(32 c) pixels a side and BOX-upsample back (Pillow, uint8)."""
-    c = params("pixelate", severity)
+# From this many pixels on, pixelate calls Pillow per image: the dense resampling matrices below
+# cost O(side^3) per image, Pillow's banded filter O(side^2).
+PILLOW_PIXELS = 64 * 64
+
+
+def pixelate_pillow(levels: np.ndarray, small: tuple[int, int]) -> np.ndarray:
+    """BOX-resize uint8 images (B, H, W, 3) to ``small`` (w, h) and back with Pillow itself."""
+    out = np.empty_like(levels)
+    h, w = levels.shape[1:3]
+    for i in range(levels.shape[0]):
+        image = Image.fromarray(levels[i]).resize(small, Image.BOX).resize((w, h), Image.BOX)
+        out[i] = np.asarray(image)
+    return out
+
+
+def pixelate(x: torch.Tensor, s: Setting, draw: Draw) -> torch.Tensor:
+    """BOX-downsample to int(H c) x int(W c) pixels and BOX-upsample back (Pillow, uint8), as the
+    references do with their own side (int(32 c), int(64 c), int(224 c))."""
+    c = s.value
     h, w = x.shape[-2:]
+    if h * w >= PILLOW_PIXELS:
+        levels = to_levels(x).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        out = torch.from_numpy(pixelate_pillow(levels, (int(w * c), int(h * c))))
+        return out.permute(0, 3, 1, 2).to(device=x.device, dtype=x.dtype) / 255.0
     small = box_resize_levels(to_levels(x), int(h * c), int(w * c))
     return (box_resize_levels(small, h, w) / 255.0).to(x.dtype)
 
@@ -94,9 +115,30 @@ def jpeg_levels(levels: np.ndarray, quality: int) -> np.ndarray:
     return out
 
 
-def jpeg_compression(x: torch.Tensor, severity: int, draw: Draw) -> torch.Tensor:
-    """JPEG at quality 80/65/58/50/40, per image through Pillow."""
-    quality = params("jpeg_compression", severity)
+def pixelate_uint8(levels: np.ndarray, s: Setting) -> np.ndarray:
+    """:func:`pixelate` of uint8 images (B, H, W, 3), without the trip through floats."""
+    c = s.value
+    h, w = levels.shape[1:3]
+    if h * w >= PILLOW_PIXELS:
+        return pixelate_pillow(levels, (int(w * c), int(h * c)))
+    x = torch.from_numpy(levels).permute(0, 3, 1, 2).double()
+    small = box_resize_levels(x, int(h * c), int(w * c))
+    out = box_resize_levels(small, h, w)
+    return out.to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def jpeg_uint8(levels: np.ndarray, s: Setting) -> np.ndarray:
+    """:func:`jpeg_compression` of uint8 images (B, H, W, 3), without the trip through floats."""
+    return jpeg_levels(levels, s.value)
+
+
+#: uint8 (B, H, W, 3) versions, used for uint8 input (same result as the float path truncated).
+UINT8 = {"pixelate": pixelate_uint8, "jpeg_compression": jpeg_uint8}
+
+
+def jpeg_compression(x: torch.Tensor, s: Setting, draw: Draw) -> torch.Tensor:
+    """JPEG at the table's quality, per image through Pillow."""
+    quality = s.value
     levels = to_levels(x).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     out = torch.from_numpy(jpeg_levels(levels, quality)).permute(0, 3, 1, 2)
     return out.to(device=x.device, dtype=x.dtype) / 255.0

@@ -1,5 +1,5 @@
-"""Spatter (an extra corruption of CIFAR-10-C, Hendrycks & Dietterich, 2019): water drops at
-severities 1-3, mud at 4-5, from a thresholded, blurred noise layer.
+"""Spatter (an extra corruption, Hendrycks & Dietterich, 2019): water drops at severities 1-3, mud
+at 4-5, from a thresholded, blurred noise layer; no size-dependent term.
 
 The water branch of the reference is an OpenCV pipeline; each step is rewritten here as a batched
 tensor operation with OpenCV's semantics: Canny edges (3x3 Sobel, L1 magnitude, thresholds 50/150,
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from corruptions._ops import Draw, depthwise, gaussian_blur, pad2d
-from corruptions.params import params
+from corruptions.params import Setting
 
 WATER = (175 / 255.0, 238 / 255.0, 238 / 255.0)  # pale turquoise, RGB
 MUD = (63 / 255.0, 42 / 255.0, 20 / 255.0)  # mud brown, RGB
@@ -125,9 +125,9 @@ def water_mask(liquid: torch.Tensor) -> torch.Tensor:
     return torch.where(peak > 0, m / peak.clamp_min(1e-12), torch.zeros_like(m))
 
 
-def spatter(x: torch.Tensor, severity: int, draw: Draw) -> torch.Tensor:
+def spatter(x: torch.Tensor, s: Setting, draw: Draw) -> torch.Tensor:
     """Water (severities 1-3) or mud (4-5) splashes from a thresholded blurred noise layer."""
-    mean, std, sigma, thresh, intensity, mode = params("spatter", severity)
+    mean, std, sigma, thresh, intensity, mode = s.value
     b, _, h, w = x.shape
     liquid = gaussian_blur(mean + std * draw.randn((b, 1, h, w)), sigma)
     liquid = torch.where(liquid < thresh, torch.zeros_like(liquid), liquid)

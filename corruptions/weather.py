@@ -1,4 +1,10 @@
-"""Weather corruptions of CIFAR-10-C (Hendrycks & Dietterich, 2019): snow, frost and fog."""
+"""Weather corruptions (Hendrycks & Dietterich, 2019): snow, frost and fog, at any image size.
+
+Size-dependent terms: the snow layer is zoomed along each axis with that axis's own length; frost
+crops the table's textures (enlarged first when an image is larger than a texture, see
+:mod:`corruptions.frost_textures`); fog draws its fractal on the next power of two at least as large
+as the longer side and keeps the top-left H x W, as the references do (32, 64 and 256 -> 224).
+"""
 
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ from corruptions._ops import (
     trunc_levels,
     zoom_matrix,
 )
-from corruptions.params import params
+from corruptions.params import Setting
 
 
 def gray(x: torch.Tensor) -> torch.Tensor:
@@ -21,14 +27,16 @@ def gray(x: torch.Tensor) -> torch.Tensor:
     return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
 
 
-def snow(x: torch.Tensor, severity: int, draw: Draw) -> torch.Tensor:
+def snow(x: torch.Tensor, s: Setting, draw: Draw) -> torch.Tensor:
     """A thresholded, zoomed, motion-blurred noise layer added twice (once rotated 180 degrees)
     over a slightly whitened image."""
-    mean, std, zoom, thresh, radius, sigma, blend = params("snow", severity)
+    mean, std, zoom, thresh, radius, sigma, blend = s.value
     b, _, h, w = x.shape
     layer = mean + std * draw.randn((b, 1, h, w))
     if zoom != 1:
-        layer = apply_rows_cols(layer, torch.from_numpy(zoom_matrix(h, float(zoom))))
+        m_rows = torch.from_numpy(zoom_matrix(h, float(zoom)))
+        m_cols = m_rows if w == h else torch.from_numpy(zoom_matrix(w, float(zoom)))
+        layer = apply_rows_cols(layer, m_rows, m_cols)
     layer = torch.where(layer < thresh, torch.zeros_like(layer), layer)
     # the reference stores the layer as an 8-bit PNG (truncated) and reads the blur back rounded
     layer = trunc_levels(layer) / 255.0
@@ -38,13 +46,13 @@ def snow(x: torch.Tensor, severity: int, draw: Draw) -> torch.Tensor:
     return x + layer + torch.flip(layer, dims=(-2, -1))
 
 
-def frost(x: torch.Tensor, severity: int, draw: Draw) -> torch.Tensor:
-    """w_img * x + w_frost * (a random 32x32 crop of one of five frost textures)."""
-    w_img, w_frost = params("frost", severity)
-    tex, sizes = frost_textures.textures()
+def frost(x: torch.Tensor, s: Setting, draw: Draw) -> torch.Tensor:
+    """w_img * x + w_frost * (a random H x W crop of one of five frost textures)."""
+    w_img, w_frost = s.value
     b, _, h, w = x.shape
+    tex, sizes = frost_textures.textures(s.table.frost_scale, h, w)
     pick = draw.randint(0, len(sizes), (b,)).cpu()
-    # numpy's randint(0, n - 32) over each texture's own range
+    # numpy's randint(0, n - side) over each texture's own range
     top = torch.floor(draw.rand((b,)).cpu() * (sizes[pick, 0] - h).double()).long()
     left = torch.floor(draw.rand((b,)).cpu() * (sizes[pick, 1] - w).double()).long()
     rows = top[:, None] + torch.arange(h)
@@ -85,10 +93,15 @@ def plasma_fractal(b: int, size: int, decay: float, draw: Draw) -> torch.Tensor:
     return a / a.amax(dim=(1, 2), keepdim=True)
 
 
-def fog(x: torch.Tensor, severity: int, draw: Draw) -> torch.Tensor:
+def fractal_side(h: int, w: int) -> int:
+    """The fractal's side: the smallest power of two >= the longer image side."""
+    return 1 << (max(h, w) - 1).bit_length()
+
+
+def fog(x: torch.Tensor, s: Setting, draw: Draw) -> torch.Tensor:
     """(x + amount * fractal) * m / (m + amount) with m the image's maximum."""
-    amount, decay = params("fog", severity)
+    amount, decay = s.value
     b, _, h, w = x.shape
     m = x.amax(dim=(1, 2, 3), keepdim=True)
-    fractal = plasma_fractal(b, h, decay, draw).to(x.dtype)[:, None]
-    return (x + amount * fractal) * m / (m + amount)
+    fractal = plasma_fractal(b, fractal_side(h, w), decay, draw)[:, :h, :w]
+    return (x + amount * fractal.to(x.dtype)[:, None]) * m / (m + amount)

