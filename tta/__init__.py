@@ -6,6 +6,8 @@ returns a module that predicts and adapts online as batches pass.
 
 from __future__ import annotations
 
+from typing import Any, Optional
+
 from tta import methods, norms  # noqa: F401  (registers every method)
 from tta._errors import TTAError
 from tta.methods import GradientMethod, Method, RunContext
@@ -14,11 +16,25 @@ from tta.registry import available_methods, register_method
 from tta.wrapper import AdaptedModel, adapt
 
 
-def evaluate(config: dict, force: bool = False, model=None) -> dict:
+def evaluate(config: dict, force: bool = False, model=None, domains=None) -> dict:
     """Run an evaluation config (YAML schema as a mapping); see ``tta.evaluation.evaluate``."""
     from tta.evaluation import evaluate as _evaluate
 
-    return _evaluate(config, force=force, model=model)
+    return _evaluate(config, force=force, model=model, domains=domains)
+
+
+def score(
+    adapted: Any,
+    stream: Any,
+    device: Any = None,
+    precision: str = "fp32",
+    workers: Optional[int] = 0,
+) -> dict:
+    """Online error (%) per domain of an adapted model on a stream; see
+    ``tta.evaluation.score``."""
+    from tta.evaluation import score as _score
+
+    return _score(adapted, stream, device=device, precision=precision, workers=workers)
 
 
 __version__ = "0.1.0"
@@ -34,5 +50,6 @@ __all__ = [
     "evaluate",
     "load_model",
     "register_method",
+    "score",
     "train_model",
 ]

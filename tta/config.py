@@ -23,6 +23,7 @@ from tta.plugins import load_plugins
 
 DATA_SOURCES = ("cifar-c", "imagenet-c", "corrupt")
 DEVICES = "auto, cpu, cuda, cuda:N (N = 0, 1, ...) or mps"
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 def _seed_range(v: Any) -> Optional[str]:
@@ -43,6 +44,10 @@ def _seeds(v: list) -> Optional[str]:
 def _device(v: str) -> Optional[str]:
     ok = re.fullmatch(r"auto|cpu|mps|cuda(:[0-9]+)?", v)
     return None if ok else f"must be {DEVICES}"
+
+
+def _non_negative(v: int) -> Optional[str]:
+    return None if v >= 0 else "must be an integer >= 0"
 
 
 def _run_name(v: str) -> Optional[str]:
@@ -93,6 +98,13 @@ SCHEMA: dict[str, Any] = {
         nullable=True,
     ),
     "device": Option("auto", str, DEVICES, _device),
+    "precision": Option(
+        "fp32",
+        str,
+        "the network's arithmetic: fp32, or autocast to bf16 (CUDA or CPU) or fp16 (CUDA); "
+        "norm statistics are summed in float32 either way",
+        choices=PRECISIONS,
+    ),
     "model": {
         "spec": Option(
             None,
@@ -154,6 +166,23 @@ SCHEMA: dict[str, Any] = {
             "clean source-domain set for methods that need one (EATA's Fisher): 'mnist5k', "
             "'cifar10:<folder>', 'cifar100:<folder>' or .npz; its training split is used "
             "(default: data.clean's)",
+            nullable=True,
+        ),
+        "workers": Option(
+            None,
+            int,
+            "processes decoding image files (ImageNet-C) ahead of the model; null: min(8, CPU "
+            "cores - 1), 0: in-process. Arrays and CIFAR-C are always read in-process",
+            _non_negative,
+            nullable=True,
+        ),
+        "context_per_domain": Option(
+            None,
+            int,
+            "hold out the first N samples of each domain (in its stored order) as its context: "
+            "neither streamed nor scored, for any method; before the stream enters a domain, "
+            "methods with a context norm (context-bn) take their statistics from them",
+            at_least_one,
             nullable=True,
         ),
     },

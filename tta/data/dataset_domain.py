@@ -18,7 +18,11 @@ class TorchvisionDomain(Domain):
     Labels come from ``labels=``, else the dataset's ``targets`` or ``labels`` attribute, so that
     streams can be ordered without decoding images. Each item's label is checked against them.
     ``transform`` (optional) is applied to each image before conversion, e.g. a resize.
+    Runs read its batches through worker processes (``data.workers``), as items are decoded one
+    at a time.
     """
+
+    parallel_read = True
 
     def __init__(
         self,
@@ -52,6 +56,11 @@ class TorchvisionDomain(Domain):
     @property
     def labels(self) -> np.ndarray:
         return self._labels
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The base record plus the dataset's class (its images are not read)."""
+        kind = type(self.dataset)
+        return {**super().fingerprint(), "dataset": f"{kind.__module__}.{kind.__qualname__}"}
 
     def _read(self, rows: np.ndarray) -> Raw:
         # A map-style dataset can only be read one item at a time; this loop is its access pattern.

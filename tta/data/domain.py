@@ -23,6 +23,10 @@ Raw = Union[np.ndarray, torch.Tensor]
 class Domain(ABC):
     """Base class: a named, labelled set of images; subclasses implement ``labels`` and ``_read``."""
 
+    #: Whether reading means decoding files one at a time, so that a pool of worker processes
+    #: (``data.workers``) speeds it up; in-memory and memory-mapped domains read in-process.
+    parallel_read: bool = False
+
     def __init__(self, name: str, corruption: str | None = None, severity: int | None = None):
         if not isinstance(name, str) or not name:
             raise TTAError(f"a domain needs a non-empty string name, got {name!r}.")
@@ -65,6 +69,21 @@ class Domain(ABC):
             )
         return rows
 
+    def fingerprint(self) -> dict[str, Any]:
+        """What a run records to recognise this domain when it resumes (JSON-able).
+
+        Here: the class, the size and the labels' hash. The images are not read, since hashing
+        them would cost a full pass over the data; subclasses that can name their content
+        cheaply (arrays in memory, lists of files) add it.
+        """
+        from tta._runs import sha256_arrays
+
+        return {
+            "type": f"{type(self).__module__}.{type(self).__qualname__}",
+            "samples": len(self),
+            "labels_sha256": sha256_arrays(self.labels),
+        }
+
     def read_raw(self, indices: Any) -> Raw:
         """Images at ``indices`` in their stored form: uint8 NHWC numpy or float NCHW tensor."""
         return self._read(self.check_indices(indices))
@@ -77,16 +96,22 @@ class Domain(ABC):
         return x, y
 
 
-def to_float(raw: Raw) -> torch.Tensor:
-    """Turn a ``Raw`` batch into a contiguous float32 (B, 3, H, W) tensor in [0, 1]."""
+def to_float(raw: Raw, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Turn a ``Raw`` batch into a contiguous float32 (B, 3, H, W) tensor in [0, 1].
+
+    ``out``: a contiguous float32 tensor of that shape to write into (e.g. in pinned memory, so
+    the batch needs no second copy before a non-blocking transfer to a GPU).
+    """
     if isinstance(raw, torch.Tensor):
-        return raw.to(torch.float32).contiguous()
+        x = raw.to(torch.float32).contiguous()
+        return x if out is None else out.copy_(x)
     # One numpy pass (uint8 -> float32, divide by 255, NHWC -> NCHW); the result is bit-identical
     # to torch's ``x.float() / 255`` but avoids intra-op thread start-up on small batches.
     b, h, w, c = raw.shape
-    out = np.empty((b, c, h, w), dtype=np.float32)
-    np.divide(raw.transpose(0, 3, 1, 2), np.float32(255.0), out=out)
-    return torch.from_numpy(out)
+    if out is None:
+        out = torch.empty((b, c, h, w), dtype=torch.float32)
+    np.divide(raw.transpose(0, 3, 1, 2), np.float32(255.0), out=out.numpy())
+    return out
 
 
 def check_labels(labels: Any, n: int | None, what: str) -> np.ndarray:
@@ -134,6 +159,14 @@ class ArrayDomain(Domain):
         if isinstance(self._images, torch.Tensor):
             return self._images[torch.from_numpy(rows)]
         return self._images[rows]
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The base record plus the SHA-256 of every image (they are in memory or mapped)."""
+        from tta._runs import sha256_arrays
+
+        images = self._images
+        array = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+        return {**super().fingerprint(), "images_sha256": sha256_arrays(array)}
 
 
 def _check_images(images: Any, name: str) -> Raw:

@@ -76,6 +76,17 @@ class ImageFolderDomain(TorchvisionDomain):
         super().__init__(dataset, name, dataset.targets, transform, corruption, severity)
         self.files = dataset.files
 
+    def fingerprint(self) -> dict[str, Any]:
+        """The base record plus the hash of the file names relative to their common folder (so
+        a moved folder still matches); images replaced under the same name are not seen."""
+        from tta._runs import sha256_names
+
+        base = os.path.commonpath(self.files) if self.files else ""
+        if len(self.files) == 1:
+            base = os.path.dirname(base)
+        rel = [os.path.relpath(f, base) for f in self.files]
+        return {**super().fingerprint(), "names_sha256": sha256_names(rel)}
+
 
 def ImageNetC(
     root: str | os.PathLike[str],

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from tta._errors import TTAError, TTATypeError, unknown
-from tta.data.domain import Domain, to_float
+from tta.data.domain import Domain, Raw, to_float
 from tta.data.ordering import ORDERS, check_delta, order_indices
 
 SCHEDULES = ("reset_each_shift", "continual", "mixed", "gradual")
@@ -45,6 +45,38 @@ class Batch(NamedTuple):
     y: torch.Tensor
     domain: str
     domains: torch.Tensor
+
+
+class RawBatch:
+    """A batch whose images are still in their stored form: uint8 (B, H, W, 3) or float
+    (B, 3, H, W), as torch tensors (they travel between processes through shared memory).
+
+    ``to_batch`` converts them (``to_float``, the same arithmetic on every path); with
+    ``pin=True`` straight into page-locked memory. ``pin_memory()`` is the hook a
+    ``DataLoader`` calls in its pinning thread, so the conversion happens there, off the main
+    thread.
+    """
+
+    __slots__ = ("x", "y", "domain", "domains")
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, domain: str, domains: torch.Tensor):
+        self.x, self.y, self.domain, self.domains = x, y, domain, domains
+
+    def to_batch(self, pin: bool = False) -> Batch:
+        if self.x.dtype == torch.uint8:
+            b, h, w, c = self.x.shape
+            out = torch.empty((b, c, h, w), dtype=torch.float32, pin_memory=pin)
+            x = to_float(self.x.numpy(), out)
+        else:
+            x = to_float(self.x)
+            x = x.pin_memory() if pin else x
+        y, domains = (
+            (self.y.pin_memory(), self.domains.pin_memory()) if pin else (self.y, self.domains)
+        )
+        return Batch(x, y, self.domain, domains)
+
+    def pin_memory(self, device: object = None) -> Batch:
+        return self.to_batch(pin=True)
 
 
 @dataclass(frozen=True)
@@ -86,12 +118,26 @@ class Segment:
     def num_samples(self) -> int:
         return len(self.dom)
 
+    @property
+    def domain_names(self) -> list[str]:
+        """Names of the stream's domains; ``Batch.domains`` indexes into this list."""
+        return [d.name for d in self._domains]
+
+    def domains_in_use(self) -> list[Domain]:
+        """The domains this segment draws samples from, in stream order."""
+        return [self._domains[int(i)] for i in np.unique(self.dom)]
+
     def __iter__(self) -> Iterator[Batch]:
         for b in range(len(self)):
             yield self.batch(b)
 
     def batch(self, b: int) -> Batch:
         """The ``b``-th batch of this segment (images are read now)."""
+        return self.raw_batch(b).to_batch()
+
+    def raw_batch(self, b: int) -> RawBatch:
+        """The ``b``-th batch with its images as stored (uint8 images stay uint8: a quarter of
+        the bytes to hand from a reading process to the one that runs the model)."""
         if not 0 <= b < len(self):
             raise IndexError(f"batch {b} is out of range for segment {self.name!r} of {len(self)}.")
         s, e = int(self.bounds[b]), int(self.bounds[b + 1])
@@ -99,13 +145,18 @@ class Segment:
         ids = np.unique(dom)
         if len(ids) == 1:
             domain = self._domains[ids[0]]
-            x = to_float(domain._read(rows))
+            raw = domain._read(rows)
             name = domain.name
         else:
-            x = _gather_mixed([self._domains[d] for d in ids], ids, dom, rows)
+            raw = _gather_mixed([self._domains[d] for d in ids], ids, dom, rows)
             name = "mixed"
         y = torch.from_numpy(self.labels[s:e].copy())
-        return Batch(x, y, name, torch.from_numpy(dom.copy()))
+        if isinstance(raw, np.ndarray):  # a writable, contiguous array torch can take over
+            writable = raw.flags.writeable and raw.flags.c_contiguous
+            x = torch.from_numpy(raw if writable else np.array(raw, order="C"))
+        else:
+            x = raw
+        return RawBatch(x, y, name, torch.from_numpy(dom.copy()))
 
     def label_stats(self) -> dict[str, float]:
         """How label-correlated this segment is (see ``label_stats``)."""
@@ -118,10 +169,9 @@ class Segment:
         )
 
 
-def _gather_mixed(
-    domains: list[Domain], ids: np.ndarray, dom: np.ndarray, rows: np.ndarray
-) -> torch.Tensor:
-    """Read a batch drawn from several domains, one read per domain, into one float tensor."""
+def _gather_mixed(domains: list[Domain], ids: np.ndarray, dom: np.ndarray, rows: np.ndarray) -> Raw:
+    """Read a batch drawn from several domains, one read per domain, into one uint8 array (when
+    every part is uint8 of one size) or one float tensor."""
     masks = [dom == d for d in ids]
     raws = [domain._read(rows[m]) for domain, m in zip(domains, masks)]
     if all(isinstance(r, np.ndarray) for r in raws):
@@ -130,7 +180,7 @@ def _gather_mixed(
             buf = np.empty((len(dom),) + raws[0].shape[1:], dtype=np.uint8)
             for m, r in zip(masks, raws):
                 buf[m] = r
-            return to_float(buf)
+            return buf
     parts = [to_float(r) for r in raws]
     shapes = {tuple(p.shape[1:]) for p in parts}
     if len(shapes) > 1:
