@@ -342,11 +342,6 @@ def test_precision(data, tmp_path):
     assert not (tmp_path / "c").exists()
 
 
-@pytest.mark.xfail(
-    reason="tta/norms: moments() casts batch statistics back to bf16, which F.batch_norm refuses "
-    "next to float32 affine parameters; unmix-tns multiplies bf16 by float32",
-    strict=False,
-)
 def test_every_method_runs_under_bf16():
     x = torch.rand(16, 3, 32, 32)
     for name in BUILT_IN:

@@ -25,7 +25,9 @@ def moments(x: torch.Tensor, dims: tuple[int, ...]) -> tuple[torch.Tensor, torch
     Computed from the sums of x and x² (var = E[x²] − E[x]²): on CPU these plain reductions run
     many times faster than ``torch.var_mean``'s one-pass kernel (benchmarks/overhead.py). The form
     loses precision only when |mean| is hundreds of times the std, which BatchNorm inputs are not.
-    Half-precision inputs are summed in float32 (their x² sums would overflow float16).
+    Half-precision inputs are summed in float32 (their x² sums would overflow float16) and the
+    statistics stay float32, like the layers' affine and source statistics (as autocast keeps
+    BatchNorm in float32).
     """
     n = 1
     for d in dims:
@@ -35,7 +37,7 @@ def moments(x: torch.Tensor, dims: tuple[int, ...]) -> tuple[torch.Tensor, torch
     xs = x.float() if low else x
     mean = xs.sum(dims) * inv
     var = ((xs * xs).sum(dims) * inv - mean * mean).clamp_min(0.0)
-    return (mean.to(x.dtype), var.to(x.dtype)) if low else (mean, var)
+    return mean, var
 
 
 def batch_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,6 +64,11 @@ def normalize(
     forward uses (per-sample statistics by viewing the input as one sample of B·C channels).
     Statistics that carry gradients go through the same scale-and-shift arithmetic written out.
     """
+    # Statistics of half-precision inputs are float32 (``moments``); they meet the affine in its
+    # own dtype: float32 under autocast, half in a network converted with .half().
+    dtype = weight.dtype if weight is not None else x.dtype
+    if mean.dtype != dtype:
+        mean, var = mean.to(dtype), var.to(dtype)
     if mean.dim() == 2 and mean.shape[0] == 1:  # one sample: plain per-channel statistics
         mean, var = mean[0], var[0]
     per_sample = mean.dim() == 2

@@ -156,11 +156,14 @@ class UnMixTNS(AdaptiveNorm):
     def adapt_and_normalize(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 2:  # (B, C): no positions to take instance statistics over (as official)
             return self.normalize(x, self.source_mean, self.source_var)
-        inst_mean, inst_var = instance_stats(x)
-        with torch.no_grad():
-            p = self.assignments(inst_mean)
-        mean, var = self.mixture_stats(inst_mean, inst_var, p)
-        self.update_components(inst_mean.detach(), inst_var.detach(), p)
+        # Statistics in float32 also under autocast (bf16/fp16 runs): the components are float32
+        # state, and a half-precision matmul would round their update.
+        with torch.autocast(x.device.type, enabled=False):
+            inst_mean, inst_var = instance_stats(x)
+            with torch.no_grad():
+                p = self.assignments(inst_mean)
+            mean, var = self.mixture_stats(inst_mean, inst_var, p)
+            self.update_components(inst_mean.detach(), inst_var.detach(), p)
         return self.normalize(x, mean, var)
 
     def extra_repr(self) -> str:
