@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 from typing import Optional, Sequence
 
 # Each module listed here defines ``register(subparsers)``, which adds its sub-command and sets
@@ -49,8 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run a sub-command. A user error (``tta.TTAError``: bad config, file, path, model or data)
-    is printed as one line ``tta <command>: error: <message>`` with exit status 1; any other
-    exception is a bug and keeps its traceback."""
+    is printed as one line ``tta <command>: error: <message>`` with exit status 1, a warning as
+    one line ``tta <command>: warning: <message>``; any other exception is a bug and keeps its
+    traceback."""
     from tta._errors import TTAError
 
     parser = build_parser()
@@ -58,8 +60,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"tta {args.command}: warning: {message}", file=sys.stderr)
+
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():  # warnings as one line each, like errors
+            warnings.showwarning = show
+            return int(args.func(args) or 0)
     except TTAError as err:
         print(f"tta {args.command}: error: {err}", file=sys.stderr)
         return 1

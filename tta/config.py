@@ -137,6 +137,12 @@ SCHEMA: dict[str, Any] = {
         "checkpoint": Option(
             None, str, "path to a checkpoint (state_dict or wrapper)", nullable=True
         ),
+        "kwargs": Option(
+            {},
+            dict,
+            "keyword arguments of the architecture: your factory's (spec package.module:factory "
+            "or file.py:factory), or a built-in's (width, widen_factor, timm/torchvision keywords)",
+        ),
         "num_classes": Option(None, int, "number of classes", at_least_one, nullable=True),
         "mean": Option(
             None, list, "input normalisation mean (inside the model)", _stats(False), nullable=True

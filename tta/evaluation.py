@@ -54,6 +54,7 @@ from tta._io import folder_lock, json_text, read_json, remove_temp_files, write_
 from tta._runs import MARKER, Input
 from tta.config import DEVICES, PRECISIONS, SCHEMA, method_entries, resolve_config, run_seeds
 from tta.data import CIFARC, ArrayDomain, Batch, Domain, ImageNetC, Segment, Stream, make_stream
+from tta.data.arrays import input_channels, match_channels
 from tta.data.loader import read_batches
 from tta.methods.base import RunContext
 
@@ -135,9 +136,9 @@ def _build_domains(data: Mapping[str, Any], seed: int) -> tuple[list[Domain], di
             "'cifar100:<folder>' or an .npz file"
         )
     import corruptions
-    from tta.models.data import load_dataset
+    from tta.models.data import load_test_split
 
-    _, _, images, labels = load_dataset(data["clean"])
+    images, labels = load_test_split(data["clean"])
     inputs["data:clean"] = ("value", {"sha256": _runs.sha256_arrays(images, labels)})
     names = names or corruptions.names("benchmark")
     if n and n > len(labels):
@@ -174,7 +175,9 @@ def _data_inputs(source: str, root: str, domains: list[Domain]) -> dict[str, Inp
     ImageNet-C domain (anything else: its labels)."""
     inputs: dict[str, Input] = {}
     if source == "cifar-c":
-        inputs["data:labels.npy"] = ("file", os.path.join(root, "labels.npy"))
+        from tta.data.cifarc import labels_file
+
+        inputs["data:labels.npy"] = ("file", labels_file(root)[0])
     for d in domains:
         path, files = getattr(d, "path", None), getattr(d, "files", None)
         if isinstance(path, str):
@@ -444,9 +447,12 @@ class _Scorer:
         self.timer = _Timer(device)
         # Set once the method has written into its input: from then on it gets its own copy.
         self.copies_input = False
+        # Grey batches go to a 3-channel model repeated to RGB, RGB to a 1-channel one as luma.
+        self.channels = input_channels(adapted)
 
     def step(self, x: torch.Tensor, y: torch.Tensor, dom: torch.Tensor, precision: str) -> None:
         self.timer.start()
+        x = match_channels(x, self.channels)
         with autocast(x.device, precision):
             logits = self.adapted(x.clone() if self.copies_input else x)
         bad = ~torch.isfinite(logits).all(1)
@@ -460,7 +466,7 @@ class _Scorer:
         """Give the method its domain's context images (``context-bn``); timed as its own."""
         self.timer.start()
         with autocast(x.device, precision):
-            self.adapted.set_context(x)
+            self.adapted.set_context(match_channels(x, self.channels))
         self.timer.stop()
 
     def result(self) -> dict[str, Any]:
@@ -956,16 +962,25 @@ def evaluate(
             pretrained=m["pretrained"],
             pretrained_tag=m["pretrained_tag"],
             model_dir=m["model_dir"],
+            **m["kwargs"],
         )
-        if m["checkpoint"]:
-            inputs["checkpoint"] = ("file", m["checkpoint"])
-        library = {k: m[k] for k in ("spec", "weights", "pretrained", "pretrained_tag")}
-        if (
+        library_weights = (
             m["weights"]
             or m["pretrained"]
             or m["pretrained_tag"]
             or "robustbench:" in (m["spec"] or "")
-        ):  # weights a library keeps in its own cache: named by what was asked for
+        )
+        if not m["checkpoint"] and not library_weights:
+            warnings.warn(
+                f"model {model.spec!r} has no checkpoint and no pretrained weights, so it runs "
+                "with the weights its builder gives (random initialisation for the built-in, timm "
+                "and torchvision specs); set model.checkpoint (or weights / pretrained)",
+                stacklevel=2,
+            )
+        if m["checkpoint"]:
+            inputs["checkpoint"] = ("file", m["checkpoint"])
+        library = {k: m[k] for k in ("spec", "weights", "pretrained", "pretrained_tag")}
+        if library_weights:  # weights a library keeps in its own cache: named by what was asked for
             inputs["library_weights"] = ("value", library)
     else:
         if not isinstance(model, torch.nn.Module):
