@@ -170,22 +170,25 @@ class ArrayDomain(Domain):
 
 
 def _check_images(images: Any, name: str) -> Raw:
-    """Accept uint8 numpy NHWC or float NCHW (numpy or torch) in [0, 1]; explain anything else."""
-    valid = "uint8 numpy (N, H, W, 3) or float (N, 3, H, W) numpy/torch with values in [0, 1]"
+    """Accept uint8 numpy images (RGB or grey, channels last or first) or float NCHW (numpy or
+    torch, 3 or 1 channels) in [0, 1]; explain anything else. Grey stays one channel here: runs
+    give a model the channel count its first convolution reads (grey repeated to RGB)."""
+    valid = (
+        "uint8 numpy (N, H, W, 3) or grey (N, H, W), or float (N, 3, H, W) / (N, 1, H, W) "
+        "numpy/torch with values in [0, 1]"
+    )
     if isinstance(images, np.ndarray) and images.dtype == np.uint8:
-        if images.ndim != 4 or images.shape[3] != 3:
-            raise TTAError(
-                f"uint8 images for domain {name!r} must have shape (N, H, W, 3), got {images.shape}."
-            )
-        return images
+        from tta.data.arrays import as_uint8_images
+
+        return np.ascontiguousarray(as_uint8_images(images, f"domain {name!r}"))
     if isinstance(images, np.ndarray) and np.issubdtype(images.dtype, np.floating):
         images = torch.from_numpy(images)
     if not isinstance(images, torch.Tensor) or not images.is_floating_point():
         dtype = getattr(images, "dtype", type(images).__name__)
         raise TTATypeError(f"images for domain {name!r} have dtype {dtype}; expected {valid}.")
-    if images.ndim != 4 or images.shape[1] != 3:
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
         raise TTAError(
-            f"float images for domain {name!r} must have shape (N, 3, H, W), "
+            f"float images for domain {name!r} must have shape (N, 3, H, W) or (N, 1, H, W), "
             f"got {tuple(images.shape)}."
         )
     images = images.detach().to(device="cpu", dtype=torch.float32).contiguous()
