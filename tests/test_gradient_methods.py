@@ -1,4 +1,4 @@
-"""TENT and Core (SPEC §2) against a hand-written functional reference of a small network."""
+"""TENT and Core (docs/algorithms.md §2) against a hand-written functional reference of a small network."""
 
 from __future__ import annotations
 
@@ -96,7 +96,7 @@ def ref_entropy(logits):
 
 
 def ref_mcc(logits, temperature=2.5, weighting=True):
-    """SPEC §2: P = softmax(z/T); w = 1 + exp(−H) scaled to sum B; R = PᵀWP, rows to 1."""
+    """docs/algorithms.md §2: P = softmax(z/T); w = 1 + exp(−H) scaled to sum B; R = PᵀWP, rows to 1."""
     p = torch.softmax(logits / temperature, dim=1)
     b, k = p.shape
     if weighting:
@@ -381,7 +381,7 @@ P = torch.tensor(
 
 
 def spec_loss_on_probabilities(p, weighting):
-    """SPEC §2 on a probability matrix, written out entry by entry."""
+    """docs/algorithms.md §2 on a probability matrix, written out entry by entry."""
     b, k = p.shape
     w = [1.0] * b
     if weighting:

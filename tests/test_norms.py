@@ -1,4 +1,4 @@
-"""The five norm methods against the formulas of SPEC §1, computed naively here in float64."""
+"""The five norm methods against the formulas of docs/algorithms.md §1, computed naively here in float64."""
 
 from __future__ import annotations
 
@@ -221,7 +221,7 @@ def test_tbn_single_value_per_channel_is_a_clear_error():
 
 
 def naive_unmix(x, mu_k, var_k, temperature):
-    """SPEC §1 steps 1–4 with explicit (B, K, C) tensors: p, μ_b, σ²_b in float64."""
+    """docs/algorithms.md §1 steps 1–4 with explicit (B, K, C) tensors: p, μ_b, σ²_b in float64."""
     inst_mean, inst_var = ref_instance_stats(x)
     mu_k, var_k = mu_k.double(), var_k.double()
     dots = (inst_mean[:, None, :] * mu_k[None, :, :]).sum(-1)
@@ -267,7 +267,7 @@ def test_unmix_output_equals_naive_mixture(dim, shape, affine, temperature):
 
 @pytest.mark.parametrize("dim,shape", SPATIAL_SHAPES)
 def test_unmix_statistics_recovered_from_output_match_spec(dim, shape):
-    """Read μ_b, σ²_b back from a non-affine output and compare with SPEC steps 3–4 and with the
+    """Read μ_b, σ²_b back from a non-affine output and compare with docs/algorithms.md §1 steps 3–4 and with the
     identity μ_b = (μ̃_b + Σ_k (1−p_bk)·μ_k)/K."""
     bn = make_bn(dim, shape[1], affine=False, eps=1e-4)
     k = 4

@@ -1,4 +1,4 @@
-"""Orderings (i.i.d., sorted, Dirichlet per SPEC section 4) and stream schedules."""
+"""Orderings (i.i.d., sorted, Dirichlet per docs/algorithms.md §4) and stream schedules."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from tta.data import (
 
 
 def _reference_dirichlet(labels, delta, rng, min_chunk=10):
-    """SPEC section 4 written out literally with Python lists, making the same draws in order."""
+    """docs/algorithms.md §4 written out literally with Python lists, making the same draws in order."""
     n = len(labels)
     classes = sorted(set(labels.tolist()))
     k = len(classes)

@@ -1,4 +1,4 @@
-"""Evaluation runs: every method, and the ``source`` baseline, on the identical stream (SPEC §7).
+"""Evaluation runs: every method, and the ``source`` baseline, on the identical stream (docs/algorithms.md §7).
 
 The stream is read once per run: a segment (the batches between two resets: one per domain for
 ``reset_each_shift``, the whole stream for continual, mixed and gradual schedules) is read batch

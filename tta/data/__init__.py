@@ -1,6 +1,6 @@
 """Test domains and streams: CIFAR-10-C/100-C, ImageNet-C, in-memory arrays, any torchvision-style
 dataset; i.i.d., sorted and Dirichlet orders; reset-each-shift, continual, mixed and gradual
-schedules (SPEC sections 4 and 5)."""
+schedules (docs/algorithms.md §4 and §5)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """CIFAR-10-C / CIFAR-100-C (Hendrycks & Dietterich, ICLR 2019) read from the release layout.
 
-Layout (SPEC section 5): ``<root>/<corruption>.npy`` holds N x H x W x 3 uint8 images, the five
+Layout (docs/algorithms.md §5): ``<root>/<corruption>.npy`` holds N x H x W x 3 uint8 images, the five
 severities stacked in blocks of N/5 (severity s = rows (s-1)*N/5 .. s*N/5-1), and
 ``<root>/labels.npy`` holds the N labels. N is 50000 in the release; any N divisible by 5 works.
 Files are memory-mapped, so a domain costs only its label array until rows are read.

@@ -1,6 +1,6 @@
 """ImageNet-C (Hendrycks & Dietterich, ICLR 2019) read from the release folder layout with Pillow.
 
-Layout (SPEC section 5): ``<root>/<corruption>/<severity>/<wnid>/<image>.JPEG``. Labels are the
+Layout (docs/algorithms.md §5): ``<root>/<corruption>/<severity>/<wnid>/<image>.JPEG``. Labels are the
 index of the wnid in the sorted list of wnids (the standard ImageNet class order), so every domain
 must hold the same set of wnid folders.
 """

@@ -13,7 +13,7 @@ import numpy as np
 
 from tta._errors import TTAError, TTATypeError, unknown
 
-#: The 15 benchmark corruptions, in the order results are reported (SPEC section 5).
+#: The 15 benchmark corruptions, in the order results are reported (docs/algorithms.md §5).
 CORRUPTIONS: tuple[str, ...] = (
     "gaussian_noise",
     "shot_noise",

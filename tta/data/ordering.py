@@ -1,7 +1,7 @@
 """Sample orders for a stream: i.i.d. shuffle, label-sorted, and Dirichlet label-correlated.
 
 The Dirichlet procedure is the one of NOTE (Gong et al., NeurIPS 2022), reused by UnMix-TNS
-(Tomar et al., ICLR 2024) and common TTA benchmark code; SPEC section 4 gives it exactly.
+(Tomar et al., ICLR 2024) and common TTA benchmark code; docs/algorithms.md §4 gives it exactly.
 Every draw comes from the ``numpy.random.Generator`` passed in.
 """
 
@@ -50,7 +50,7 @@ def iid_order(n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def sorted_order(labels: np.ndarray) -> np.ndarray:
-    """Indices sorted by label; ties keep their original order (delta = 0 in SPEC section 4)."""
+    """Indices sorted by label; ties keep their original order (delta = 0 in docs/algorithms.md §4)."""
     return np.argsort(_check_label_array(labels), kind="stable").astype(np.int64)
 
 
@@ -61,7 +61,7 @@ def dirichlet_order(
     min_chunk: int = MIN_CHUNK,
     max_tries: int = MAX_TRIES,
 ) -> np.ndarray:
-    """A label-correlated permutation of ``range(len(labels))`` (SPEC section 4).
+    """A label-correlated permutation of ``range(len(labels))`` (docs/algorithms.md §4).
 
     With N samples and K distinct classes, K chunks are filled class by class: the class's indices
     are shuffled, p ~ Dirichlet(delta * 1_K) is drawn, p_j is zeroed for every chunk already holding

@@ -1,7 +1,7 @@
 """Streams: domains in a schedule, each ordered (i.i.d., sorted or Dirichlet), cut into batches.
 
 A stream is a list of segments; a method is reset before a segment when ``segment.reset_before``
-(iterating the stream yields a ``Reset()`` marker there). Schedules (SPEC section 4):
+(iterating the stream yields a ``Reset()`` marker there). Schedules (docs/algorithms.md §4):
 
 - ``reset_each_shift``: one segment per domain, each preceded by a Reset (the first one too).
 - ``continual``: one segment, the domains back to back, no Reset.

