@@ -31,9 +31,7 @@ def runs():
                 entry("tent+unmix-tns", "tent", errs["tent+unmix-tns"][s], norm="unmix-tns"),
                 entry("tent-fast", "tent", 20.0, lr=0.1),
                 entry("lame", "lame", errs["lame"][s]),
-                entry(
-                    "lame+unmix-tns", "lame", errs["lame+unmix-tns"][s], norm="unmix-tns", k=16
-                ),
+                entry("lame+unmix-tns", "lame", errs["lame+unmix-tns"][s], norm="unmix-tns", k=16),
             ]
         )
     return out, errs
