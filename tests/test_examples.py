@@ -20,3 +20,13 @@ def test_evaluate_own_data_example(tmp_path, monkeypatch, capsys):
     for label in ("source", "tbn", "unmix-tns", "tent", "note"):
         assert f"{label}: clean " in text
     assert "tent by hand, Dirichlet stream: {'clean': " in text
+
+
+def test_public_stream_attributes_are_in_help():
+    import pydoc
+
+    from tta.data import Stream
+
+    text = pydoc.render_doc(Stream)
+    for name in ("domains", "domain_names", "config", "segments", "num_batches", "label_stats"):
+        assert name in text, name

@@ -228,7 +228,18 @@ def label_stats(labels: Sequence[np.ndarray], bounds: Sequence[np.ndarray]) -> d
 
 
 class Stream:
-    """An ordered, batched schedule over domains; iterate for ``Batch`` and ``Reset`` items."""
+    """An ordered, batched schedule over domains; iterate for ``Batch`` and ``Reset`` items.
+
+    Attributes:
+        domains: the ``Domain`` objects, in the order given to ``make_stream``.
+        domain_names: their names; a ``Batch``'s ``domains`` holds indices into this list, and
+            results are reported under these names.
+        config: the settings the stream was built with (order, delta, schedule, batch size,
+            seed).
+
+    ``segments()`` gives the parts between resets (one per domain for ``reset_each_shift``, one
+    for the other schedules); ``num_batches``, ``num_samples`` and ``label_stats()`` describe it.
+    """
 
     def __init__(self, domains: list[Domain], segments: list[Segment], config: dict[str, object]):
         self.domains = domains
