@@ -71,7 +71,7 @@ def test_array_domain_labels_are_read_only():
     "images, labels, match",
     [
         (_coded_images(5), np.zeros(4, dtype=np.int64), "length 4 but there are 5 images"),
-        (np.zeros((5, 3, 4, 4), np.uint8), np.zeros(5, np.int64), r"\(N, H, W, 3\)"),
+        (np.zeros((5, 4, 4, 2), np.uint8), np.zeros(5, np.int64), r"\(N, H, W, 3\)"),
         (torch.rand(5, 4, 4, 3), np.zeros(5, np.int64), r"\(N, 3, H, W\)"),
         (
             torch.rand(5, 3, 4, 4) * 2 - 1,
