@@ -171,8 +171,8 @@ class Method(nn.Module):
         state = getattr(self, "rng_state", None)
         if state is None:
             gen.manual_seed(self.context.seed)
-        else:
-            gen.set_state(state)
+        else:  # .to(device) moves state_vars tensors; a CPU generator takes a CPU state
+            gen.set_state(state.cpu())
         out = draw(gen)
         self.rng_state = gen.get_state()
         return out
