@@ -165,6 +165,22 @@ def _package(name: str, path: Optional[Path] = None) -> types.ModuleType:
     return module
 
 
+def import_with_stubs(stubs: dict[str, types.ModuleType], *names: str) -> list[types.ModuleType]:
+    """Import ``names`` with ``stubs`` standing in ``sys.modules``, then put ``sys.modules`` back
+    as it was (the loaded modules keep what they imported)."""
+    tops = {key.split(".")[0] for key in stubs}
+    saved = {k: v for k, v in sys.modules.items() if k.split(".")[0] in tops}
+    for key in saved:
+        del sys.modules[key]
+    sys.modules.update(stubs)
+    try:
+        return [importlib.import_module(name) for name in names]
+    finally:
+        for key in [k for k in sys.modules if k.split(".")[0] in tops]:
+            del sys.modules[key]
+        sys.modules.update(saved)
+
+
 def load_reference(root: Path, source_images: torch.Tensor) -> dict[str, Any]:
     """Import MDTTA's EATA, SAR, DeYO and LAME from ``root`` with the stand-ins described above."""
     if (root / "classification" / "methods").is_dir():
@@ -193,18 +209,10 @@ def load_reference(root: Path, source_images: torch.Tensor) -> dict[str, Any]:
         "methods": _package("methods", root / "methods"),
         "utils": _package("utils", root / "utils"),
     }
-    names = ("models", "datasets", "methods", "utils")
-    saved = {k: v for k, v in sys.modules.items() if k.split(".")[0] in names}
-    for key in saved:
-        del sys.modules[key]
-    sys.modules.update(stubs)
-    try:
-        modules = {m: importlib.import_module(f"methods.{m}") for m in ("eata", "sar", "deyo")}
-        modules["lame"] = importlib.import_module("methods.lame")
-    finally:  # leave sys.modules as it was; the loaded classes keep what they imported
-        for key in [k for k in sys.modules if k.split(".")[0] in names]:
-            del sys.modules[key]
-        sys.modules.update(saved)
+    eata, sar, deyo, lame = import_with_stubs(
+        stubs, "methods.eata", "methods.sar", "methods.deyo", "methods.lame"
+    )
+    modules = {"eata": eata, "sar": sar, "deyo": deyo, "lame": lame}
     return {
         "EATA": modules["eata"].EATA,
         "SAR": modules["sar"].SAR,

@@ -51,7 +51,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import importlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -98,18 +97,9 @@ def load_cotta(root: Path) -> Any:
         "utils": rc._package("utils", root / "utils"),
         "augmentations": rc._package("augmentations", root / "augmentations"),
     }
-    names = tuple(stubs)
-    saved = {k: v for k, v in sys.modules.items() if k.split(".")[0] in names}
-    for key in saved:
-        del sys.modules[key]
-    sys.modules.update(stubs)
-    try:
-        module = importlib.import_module("methods.cotta")
-        transforms = importlib.import_module("augmentations.transforms_cotta")
-    finally:
-        for key in [k for k in sys.modules if k.split(".")[0] in names]:
-            del sys.modules[key]
-        sys.modules.update(saved)
+    module, transforms = rc.import_with_stubs(
+        stubs, "methods.cotta", "augmentations.transforms_cotta"
+    )
     return module.CoTTA, transforms
 
 

@@ -68,6 +68,7 @@ from reference_check import (  # noqa: E402
     Data,
     _package,
     cpu_only,
+    import_with_stubs,
     make_network,
     max_diff,
     run_stream,
@@ -163,18 +164,7 @@ def load_reference(root: Path) -> dict[str, Any]:
         "utils": _package("utils", root / "utils"),
         "unmixtns": unmixtns,
     }
-    names = tuple(stubs)
-    saved = {k: v for k, v in sys.modules.items() if k.split(".")[0] in names}
-    for key in saved:
-        del sys.modules[key]
-    sys.modules.update(stubs)
-    try:
-        note = importlib.import_module("methods.note")
-        vanilla = importlib.import_module("methods.note_vanilla")
-    finally:
-        for key in [k for k in sys.modules if k.split(".")[0] in names]:
-            del sys.modules[key]
-        sys.modules.update(saved)
+    note, vanilla = import_with_stubs(stubs, "methods.note", "methods.note_vanilla")
     return {"NOTE": note.NOTE, "NOTEVanilla": vanilla.NOTEVanilla, "unmixtns": unmixtns}
 
 

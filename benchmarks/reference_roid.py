@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib
 import sys
 import types
 from pathlib import Path
@@ -56,6 +55,7 @@ from reference_check import (  # noqa: E402
     Run,
     _package,
     cpu_only,
+    import_with_stubs,
     make_data,
     make_network,
     max_diff,
@@ -86,18 +86,7 @@ def load_roid(root: Path) -> tuple[type, Callable[..., Any]]:
         "utils": _package("utils", root / "utils"),
         "augmentations": _package("augmentations", root / "augmentations"),
     }
-    names = tuple(stubs)
-    saved = {k: v for k, v in sys.modules.items() if k.split(".")[0] in names}
-    for key in saved:
-        del sys.modules[key]
-    sys.modules.update(stubs)
-    try:
-        module = importlib.import_module("methods.roid")
-        transforms = importlib.import_module("augmentations.transforms_cotta")
-    finally:
-        for key in [k for k in sys.modules if k.split(".")[0] in names]:
-            del sys.modules[key]
-        sys.modules.update(saved)
+    module, transforms = import_with_stubs(stubs, "methods.roid", "augmentations.transforms_cotta")
     return module.ROID, transforms.get_tta_transforms
 
 

@@ -49,7 +49,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import importlib
 import sys
 import types
 from pathlib import Path
@@ -83,18 +82,9 @@ def load_rotta(root: Path) -> tuple[type, Any]:
         "utils": rc._package("utils", root / "utils"),
         "augmentations": rc._package("augmentations", root / "augmentations"),
     }
-    names = tuple(stubs)
-    saved = {k: v for k, v in sys.modules.items() if k.split(".")[0] in names}
-    for key in saved:
-        del sys.modules[key]
-    sys.modules.update(stubs)
-    try:
-        module = importlib.import_module("methods.rotta")
-        transforms = importlib.import_module("augmentations.transforms_cotta")
-    finally:
-        for key in [k for k in sys.modules if k.split(".")[0] in names]:
-            del sys.modules[key]
-        sys.modules.update(saved)
+    module, transforms = rc.import_with_stubs(
+        stubs, "methods.rotta", "augmentations.transforms_cotta"
+    )
     return module, transforms
 
 
