@@ -18,6 +18,7 @@ from torch import nn
 import tta
 import tta._runs as runs
 import tta.evaluation as ev
+import tta.evaluation.run as ev_run
 import tta.sweep as sw
 from tta._errors import TTAError, TTATypeError
 from tta._io import LOCK_NAME, folder_lock
@@ -69,7 +70,7 @@ def write_yaml(path: Path, data) -> Path:
 def counting_units(monkeypatch) -> list[str]:
     calls: list[str] = []
     real = ev.run_unit
-    monkeypatch.setattr(ev, "run_unit", lambda *a, **k: calls.append(a[4]) or real(*a, **k))
+    monkeypatch.setattr(ev_run, "run_unit", lambda *a, **k: calls.append(a[4]) or real(*a, **k))
     return calls
 
 
@@ -582,7 +583,7 @@ def test_finished_run_in_a_read_only_folder_is_summarised(tmp_path, monkeypatch,
     def no_writes(*args, **kwargs):
         raise AssertionError("a read-only folder was written to")
 
-    for module, name in ((ev, "folder_lock"), (ev, "write_json"), (runs, "write_text")):
+    for module, name in ((ev_run, "folder_lock"), (ev_run, "write_json"), (runs, "write_text")):
         monkeypatch.setattr(module, name, no_writes)
     monkeypatch.setattr("tta.report.write_reports", no_writes)
     if os.getuid() != 0:

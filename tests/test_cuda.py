@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import tta
-import tta.evaluation as ev
+import tta.evaluation.scoring as ev
 from tta.data import ArrayDomain, make_stream
 from tta.data.loader import read_batches
 from tta.methods.base import RunContext

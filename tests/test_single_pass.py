@@ -13,6 +13,7 @@ from torch import nn
 
 import tta
 import tta.evaluation as ev
+import tta.evaluation.run as ev_run
 from tta.data import CIFARC, ArrayDomain, make_stream
 from tta.methods.base import RunContext
 from tta.registry import METHODS, NORMS
@@ -218,11 +219,13 @@ def test_growing_methods_list_reuses_finished_units(data, tmp_path, monkeypatch)
     runs = []
     real = ev.run_segment
     monkeypatch.setattr(
-        ev, "run_segment", lambda a, *r, **k: runs.append(sorted(a)) or real(a, *r, **k)
+        ev_run, "run_segment", lambda a, *r, **k: runs.append(sorted(a)) or real(a, *r, **k)
     )
     calls = []
     real_unit = ev.run_unit
-    monkeypatch.setattr(ev, "run_unit", lambda *a, **k: calls.append(a[4]) or real_unit(*a, **k))
+    monkeypatch.setattr(
+        ev_run, "run_unit", lambda *a, **k: calls.append(a[4]) or real_unit(*a, **k)
+    )
     grown = tta.evaluate(config(data, out, ["tbn", "tent", "rbn"]), model=Tiny().eval())
     assert runs == [["rbn", "tent"], ["rbn", "tent"]] and calls == []  # one pass per segment
     assert all(p.stat().st_mtime_ns == t for p, t in before.items())  # finished units kept
@@ -274,7 +277,7 @@ def test_folders_from_before_the_new_keys_resume(data, tmp_path, monkeypatch):
         p.write_text(json.dumps(unit))
     calls = []
     real = ev.run_unit
-    monkeypatch.setattr(ev, "run_unit", lambda *a, **k: calls.append(a[4]) or real(*a, **k))
+    monkeypatch.setattr(ev_run, "run_unit", lambda *a, **k: calls.append(a[4]) or real(*a, **k))
     again = tta.evaluate(config(data, out, ["tbn"]), model=Tiny())
     assert calls == [] and again["methods"] == first["methods"]
 
@@ -401,7 +404,7 @@ def test_given_domains_run_resume_and_match_score(tmp_path, monkeypatch):
     # Resume with the same arrays: nothing runs again.
     calls = []
     real = ev.run_segment
-    monkeypatch.setattr(ev, "run_segment", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(ev_run, "run_segment", lambda *a, **k: calls.append(1) or real(*a, **k))
     again = tta.evaluate(domains_config(out), model=Tiny(), domains=array_domains())
     assert calls == [] and again["methods"] == res["methods"]
     # Other pixels under the same names and labels: refused.
