@@ -388,7 +388,7 @@ def test_source_listed_plainly_is_the_baseline():
     cfg = resolve_config({"methods": ["source", {"name": "source", "label": "source"}, "tbn"]})
     from tta.config import method_entries
 
-    assert [e["label"] for e in method_entries(cfg["methods"])] == ["source", "tbn"]
+    assert [e.label for e in method_entries(cfg["methods"])] == ["source", "tbn"]
 
 
 @pytest.mark.parametrize(

@@ -68,7 +68,7 @@ def test_rerun_skips_finished_files_and_refuses_other_settings(tmp_path, capsys)
     assert main(["corrupt", src, "--out", out, "--corruptions", "brightness", "fog"]) == 0
     assert "wrote 1 corruption file(s)" in capsys.readouterr().out
     assert os.stat(os.path.join(out, "brightness.npy")).st_mtime_ns == before
-    assert not [f for f in os.listdir(out) if "partial" in f]
+    assert not [f for f in os.listdir(out) if "partial" in f or f.endswith(".tmp")]
     assert main(["corrupt", src, "--out", out, "--corruptions", "fog", "--seed", "9"]) == 1
     assert "written with other settings (seed: 0 there, 9 now)" in capsys.readouterr().err
 
@@ -148,16 +148,42 @@ def test_missing_or_malformed_source(tmp_path, capsys):
 
 
 def test_stale_partial_files_of_a_killed_run_are_removed(tmp_path):
-    from tta.commands.corrupt import write_dataset
+    from tta.data.make_cifarc import write_cifarc
 
     out = tmp_path / "out"
     out.mkdir()
-    stale = out / ".gaussian_noise.npy.partial-12345"
+    stale = out / ".gaussian_noise.npy.partial-12345"  # the name tta used before atomic_write
     stale.write_bytes(b"half a file")
+    stale_tmp = out / ".fog.npy.k3j_x9q2.tmp"  # atomic_write's
+    stale_tmp.write_bytes(b"half a file")
     images = np.zeros((4, 32, 32, 3), dtype=np.uint8)
-    write_dataset(images, np.arange(4), str(out), ["contrast"], [1, 2, 3, 4, 5], 0, progress=False)
-    assert not stale.exists()
+    write_cifarc(images, np.arange(4), str(out), ["contrast"], [1, 2, 3, 4, 5], 0, progress=False)
+    assert not stale.exists() and not stale_tmp.exists()
     assert _files(out) == ["contrast.npy", "labels.npy", "manifest.json"]
+
+
+def test_a_failed_corruption_leaves_no_file_and_a_rerun_completes(tmp_path, monkeypatch):
+    from tta.data.make_cifarc import write_cifarc
+
+    out = tmp_path / "out"
+    images, labels = _images(), np.arange(N)
+    real = corruptions.corrupt
+
+    def fail_at_severity_3(images, name, severity, *args, **kwargs):
+        if name == "fog" and severity == 3:
+            raise RuntimeError("killed")
+        return real(images, name, severity, *args, **kwargs)
+
+    monkeypatch.setattr(corruptions, "corrupt", fail_at_severity_3)
+    args = (images, labels, str(out), ["contrast", "fog"], [1, 2, 3, 4, 5], 0)
+    with pytest.raises(RuntimeError, match="killed"):
+        write_cifarc(*args, progress=False)
+    assert sorted(os.listdir(out)) == ["contrast.npy", "labels.npy", "manifest.json"]  # no temp
+    monkeypatch.setattr(corruptions, "corrupt", real)
+    assert write_cifarc(*args, progress=False) == ["fog"]  # contrast was complete
+    fog = np.load(out / "fog.npy")
+    gen = torch.Generator().manual_seed(seed_for(0, "fog", 3))
+    np.testing.assert_array_equal(fog[2 * N : 3 * N], real(images, "fog", 3, generator=gen))
 
 
 # ---- image folders -> ImageNet-C layout ----------------------------------------------------
@@ -188,7 +214,7 @@ def test_view_is_torchvision_resize_and_centre_crop(tmp_path):
     from PIL import Image
     from torchvision import transforms
 
-    from tta.commands.corrupt import load_view
+    from tta.data.make_imagenetc import load_view
 
     _, files = _image_folder(tmp_path, sizes=((300, 420), (433, 260)))
     view = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224)])
@@ -203,8 +229,7 @@ def test_view_is_torchvision_resize_and_centre_crop(tmp_path):
 def test_image_folder_to_imagenet_c_layout(tmp_path, capsys):
     from PIL import Image
 
-    from tta.commands import corrupt as cmd
-    from tta.data import ImageNetC
+    from tta.data import ImageNetC, make_imagenetc
 
     root, _ = _image_folder(tmp_path)
     out = tmp_path / "inc"
@@ -213,10 +238,10 @@ def test_image_folder_to_imagenet_c_layout(tmp_path, capsys):
     assert "wrote 6 image(s)" in capsys.readouterr().out
     assert _files(out) == ["fog", "manifest.json"]
     assert sorted(os.listdir(out / "fog" / "5")) == ["n0001", "n0002", "n0003"]
-    listing = cmd.list_image_folder(root)
+    listing = make_imagenetc.list_image_folder(root)
     for severity in (2, 5):
-        gen = torch.Generator().manual_seed(cmd.block_seed(0, "fog", severity, 0))
-        views = [cmd.load_view(listing.path(i), 32) for i in range(len(listing.items))]
+        gen = torch.Generator().manual_seed(make_imagenetc.block_seed(0, "fog", severity, 0))
+        views = [make_imagenetc.load_view(listing.path(i), 32) for i in range(len(listing.items))]
         expected = corruptions.corrupt(np.stack(views), "fog", severity, gen)
         for i, image in enumerate(expected):
             cls, name = listing.items[i]

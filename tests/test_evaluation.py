@@ -124,7 +124,7 @@ def test_resume_after_interruption_gives_identical_results(tmp_path, monkeypatch
     (out / "units" / "unmix-tns" / "fog-5.json").unlink()
     for n in reference:
         (out / n).unlink()
-    import tta.evaluation as ev
+    import tta.evaluation.run as ev
 
     calls = []
     real = ev.run_unit
@@ -216,8 +216,8 @@ def test_shipped_configs_validate():
 
 def test_on_the_fly_corruption_equals_tta_corrupt_output(tmp_path):
     """A config's `data.source: corrupt` and `tta corrupt --seed` make the same images."""
-    from tta.commands.corrupt import write_dataset
     from tta.data import CIFARC
+    from tta.data.make_cifarc import write_cifarc as write_dataset
     from tta.evaluation import corrupted_domains
 
     rng = np.random.default_rng(0)
@@ -308,7 +308,7 @@ def test_seeds_run_keeps_each_seed_and_reports_mean_and_std(tmp_path, monkeypatc
     assert (out / "errors.png").stat().st_size > 1000
     # Resume: only a missing per-seed unit runs again, and the results are the same.
     (out / "units" / "seed-4" / "tbn" / "fog-5.json").unlink()
-    import tta.evaluation as ev
+    import tta.evaluation.run as ev
 
     calls = []
     real = ev.run_unit

@@ -21,11 +21,22 @@ PACKAGE = Path(__file__).resolve().parent.parent / "tta"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     (
         "foundations",
-        ("tta._errors", "tta._io", "tta._render", "tta._runs", "tta.options", "tta.plugins"),
+        (
+            "tta._errors",
+            "tta._io",
+            "tta._render",
+            "tta._runs",
+            "tta.options",
+            "tta.overrides",
+            "tta.plugins",
+        ),
     ),
     ("adaptation", ("tta.registry", "tta.norms", "tta.swap", "tta.methods", "tta.wrapper")),
     ("data and models", ("tta.data", "tta.models")),
-    ("runs", ("tta", "tta.config", "tta.evaluation", "tta.report", "tta.plugin_table")),
+    (
+        "runs",
+        ("tta", "tta.config", "tta.run_config", "tta.evaluation", "tta.report", "tta.plugin_table"),
+    ),
     ("sweeps", ("tta.sweep",)),
     ("demo", ("tta.demo",)),
     ("command line", ("tta.commands", "tta.cli")),

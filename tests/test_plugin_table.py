@@ -112,6 +112,7 @@ def test_shipped_plugin_sweep_pairs_every_method_with_unmix_tns():
     config = sweep.cells[0].config
     assert config["stream"]["batch_size"] == 64 and config["data"]["severities"] == [5]
     assert config["stream"]["schedule"] == "continual"
-    pairs = find_pairs(method_entries(config["methods"]))
+    entries = [vars(e) for e in method_entries(config["methods"])]  # label, name, options
+    pairs = find_pairs(entries)
     assert [p.method for p in pairs] == ["tent", "lame", "cotta", "note", "rotta", "roid"]
     assert {p.norm for p in pairs} == {"unmix-tns"}

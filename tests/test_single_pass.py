@@ -14,6 +14,7 @@ from torch import nn
 import tta
 import tta.evaluation as ev
 import tta.evaluation.run as ev_run
+import tta.wrapper
 from tta.data import CIFARC, ArrayDomain, make_stream
 from tta.methods.base import RunContext
 from tta.registry import METHODS, NORMS
@@ -131,9 +132,10 @@ def config(data: Path, out: Path, methods, **stream) -> dict:
 def reference_counts(cfg: dict, model: nn.Module) -> dict[str, np.ndarray]:
     """Per method, wrong predictions per domain from the per-method loop runs had before one
     pass: a fresh copy per segment, the whole stream read again for every method."""
-    from tta.config import method_entries, resolve_config
+    from tta.config import build_config
 
-    cfg = resolve_config(cfg)
+    run = build_config(cfg)
+    cfg = run.as_dict()
     s = cfg["stream"]
     stream = make_stream(
         CIFARC(cfg["data"]["root"], corruptions=CORRUPTIONS),
@@ -143,8 +145,7 @@ def reference_counts(cfg: dict, model: nn.Module) -> dict[str, np.ndarray]:
         s["batch_size"],
         cfg["seed"],
     )
-    entries = method_entries(cfg["methods"])
-    images = ev.source_images(cfg["data"], entries, cfg["seed"])
+    images = ev.source_images(run.data, run.methods, cfg["seed"])
     context = RunContext(
         seed=cfg["seed"],
         batch_size=s["batch_size"],
@@ -153,15 +154,15 @@ def reference_counts(cfg: dict, model: nn.Module) -> dict[str, np.ndarray]:
         source_images=images,
     )
     out = {}
-    for e in entries:
+    for e in run.methods:
         wrong = np.zeros(len(stream.domain_names))
         for segment in stream.segments():
-            adapted = tta.adapt(model, e["name"], context, **e["options"])
+            adapted = tta.adapt(model, e.name, context, **e.options)
             for batch in segment:
                 logits = adapted(batch.x)
                 miss = (logits.argmax(1) != batch.y) | ~torch.isfinite(logits).all(1)
                 np.add.at(wrong, batch.domains.numpy(), miss.numpy())
-        out[e["label"]] = wrong
+        out[e.label] = wrong
     return out
 
 
@@ -283,7 +284,7 @@ def test_folders_from_before_the_new_keys_resume(data, tmp_path, monkeypatch):
 
 
 def test_seconds_are_the_time_spent_in_each_method(data, tmp_path, monkeypatch):
-    real = tta.adapt
+    real = tta.wrapper.adapt_resolved  # what runs wrap each method with
 
     def slow_tent(model, name, *a, **k):
         adapted = real(model, name, *a, **k)
@@ -299,7 +300,7 @@ def test_seconds_are_the_time_spent_in_each_method(data, tmp_path, monkeypatch):
             adapted.forward = sleepy
         return adapted
 
-    monkeypatch.setattr(tta, "adapt", slow_tent)
+    monkeypatch.setattr(tta.wrapper, "adapt_resolved", slow_tent)
     res = tta.evaluate(config(data, tmp_path / "out", ["tbn", "tent"]), model=Tiny())
     seconds = {m["label"]: m["seconds"] for m in res["methods"]}
     batches = res["stream"]["num_batches"]
@@ -309,7 +310,7 @@ def test_seconds_are_the_time_spent_in_each_method(data, tmp_path, monkeypatch):
 
 def test_a_method_writing_into_its_input_does_not_change_the_others(data, tmp_path, monkeypatch):
     clean = tta.evaluate(config(data, tmp_path / "clean", ["tbn", "rbn"]), model=Tiny())
-    real = tta.adapt
+    real = tta.wrapper.adapt_resolved
 
     def vandal(model, name, *a, **k):
         adapted = real(model, name, *a, **k)
@@ -318,7 +319,7 @@ def test_a_method_writing_into_its_input_does_not_change_the_others(data, tmp_pa
             adapted.forward = lambda x: forward(x.mul_(0.5))
         return adapted
 
-    monkeypatch.setattr(tta, "adapt", vandal)
+    monkeypatch.setattr(tta.wrapper, "adapt_resolved", vandal)
     res = tta.evaluate(config(data, tmp_path / "out", ["tbn", "rbn"]), model=Tiny())
     errors = {m["label"]: m["errors"] for m in res["methods"]}
     assert errors["rbn"] == clean["methods"][2]["errors"]

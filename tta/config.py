@@ -7,7 +7,6 @@ on the command line and ``{"stream": {"batch_size": 32}}`` for ``tta.evaluate``.
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import re
@@ -15,11 +14,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional, Union
 
-import yaml
-
-from tta._errors import TTAError, TTAFileNotFoundError, TTATypeError, did_you_mean
-from tta.options import Option, at_least_one, in_range
+from tta._errors import TTAError, TTATypeError
+from tta.data.ordering import ORDERS
+from tta.data.stream import SCHEDULES
+from tta.options import CONFIG, Option, at_least_one, check_section, in_range
+from tta.overrides import PathLike, apply_dotted, parse_override, read_yaml
 from tta.plugins import load_plugins
+from tta.run_config import SOURCE, MethodSpec, RunConfig
 
 DATA_SOURCES = ("cifar-c", "imagenet-c", "corrupt")
 DEVICES = "auto, cpu, cuda, cuda:N (N = 0, 1, ...) or mps"
@@ -82,6 +83,11 @@ def _severities(v: list) -> Optional[str]:
     if len(set(v)) != len(v):
         return "lists a severity more than once"
     return None
+
+
+def _one_of(names: tuple[str, ...]) -> str:
+    """("iid", "dirichlet", "sorted") → "iid, dirichlet or sorted"."""
+    return f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 SCHEMA: dict[str, Any] = {
@@ -193,15 +199,10 @@ SCHEMA: dict[str, Any] = {
         ),
     },
     "stream": {
-        "order": Option(
-            "iid", str, "iid, dirichlet or sorted", choices=("iid", "dirichlet", "sorted")
-        ),
+        "order": Option("iid", str, _one_of(ORDERS), choices=ORDERS),
         "delta": Option(0.1, float, "Dirichlet concentration (0 sorts by label)", in_range(0, 1e9)),
         "schedule": Option(
-            "reset_each_shift",
-            str,
-            "how domains follow each other",
-            choices=("reset_each_shift", "continual", "mixed", "gradual"),
+            "reset_each_shift", str, "how domains follow each other", choices=SCHEDULES
         ),
         "batch_size": Option(64, int, "test batch size", at_least_one),
     },
@@ -211,73 +212,34 @@ SCHEMA: dict[str, Any] = {
     ),
 }
 
-PathLike = Union[str, Path]
-
 
 def _check_section(prefix: str, schema: Mapping[str, Any], given: Any) -> dict[str, Any]:
+    """One config section (the top level when ``prefix`` is ""), its sections checked in turn."""
     if not isinstance(given, Mapping):
         raise TTATypeError(
             f"config key {prefix or '(top level)'!r} must be a mapping, got {type(given).__name__}"
             + (f" {given!r}" if not prefix else "")
             + f"; valid keys{' under ' + repr(prefix) if prefix else ''}: {', '.join(schema)}"
         )
-    out: dict[str, Any] = {}
-    for key in given:
-        if key not in schema:
-            where = f"{prefix}.{key}" if prefix else key
-            raise TTAError(
-                f"unknown config key {where!r}.{did_you_mean(key, schema)} "
-                f"Valid keys{' under ' + repr(prefix) if prefix else ''}: {', '.join(schema)}."
-            )
-    for key, spec in schema.items():
-        where = f"{prefix}.{key}" if prefix else key
-        if isinstance(spec, dict):
-            sub = given.get(key)
-            out[key] = _check_section(where, spec, {} if sub is None else sub)
-        else:
-            out[key] = (
-                _check_value(where, spec, given[key])
-                if key in given
-                else copy.deepcopy(spec.default)
-            )
-    return out
 
+    def where(key: str) -> str:
+        return f"{prefix}.{key}" if prefix else key
 
-def _check_value(where: str, opt: Option, value: Any) -> Any:
-    if value is None and opt.nullable:
-        return None
-    want = opt.type
-    if want is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if want is list and isinstance(value, (tuple, str, int, float)) and not isinstance(value, bool):
-        value = list(value) if isinstance(value, tuple) else [value]
-    if not isinstance(value, want) or (want in (int, float) and isinstance(value, bool)):
-        raise TTATypeError(
-            f"config key {where!r} must be {want.__name__}{' or null' if opt.nullable else ''} "
-            f"({opt.doc}), got {value!r} ({type(value).__name__})"
-        )
-    if opt.choices is not None and value not in opt.choices:
-        raise TTAError(
-            f"config key {where!r} must be one of {list(opt.choices)}, got {value!r}."
-            f"{did_you_mean(value, opt.choices)}"
-        )
-    if opt.check is not None and (problem := opt.check(value)):
-        raise TTAError(f"config key {where!r} {problem}, got {value!r}")
-    return value
+    return check_section(
+        schema,
+        given,
+        what=lambda key: f"config key {where(key)!r}",
+        unknown=lambda key: f"unknown config key {where(key)!r}",
+        valid=f"Valid keys{' under ' + repr(prefix) if prefix else ''}",
+        style=CONFIG,
+        section=lambda key, spec, sub: _check_section(where(key), spec, {} if sub is None else sub),
+    )
 
 
 def _check_model_stats(model: dict[str, Any]) -> None:
     mean, std = model["mean"], model["std"]
-    if (
-        mean is not None
-        and std is not None
-        and len(mean) != len(std)
-        and 1
-        not in (
-            len(mean),
-            len(std),
-        )
-    ):
+    lengths = {len(mean), len(std)} if mean is not None and std is not None else {1}
+    if len(lengths) > 1 and 1 not in lengths:  # one value stands for every channel
         raise TTAError(
             f"config keys 'model.mean' and 'model.std' must have the same length (one value per "
             f"input channel, or a single value for all), got {len(mean)} and {len(std)} values: "
@@ -307,18 +269,18 @@ def _expand_clean(clean: Optional[str]) -> Optional[str]:
     return os.path.expanduser(clean)
 
 
-def method_entries(methods: list[Any]) -> list[dict[str, Any]]:
-    """Normalise the ``methods`` list to ``{"name", "label", "options"}`` entries.
+def method_entries(methods: list[Any]) -> list[MethodSpec]:
+    """The ``methods`` list as checked ``MethodSpec`` entries, the ``source`` baseline first.
 
     An entry is a method name or a mapping with ``name``, an optional ``label`` (a non-empty
     string) and the method's options. ``source`` always runs first, as the baseline, under the
     label ``source``: listing it again is allowed but a different label for it is refused (the
-    baseline's label is what reports and sweeps compare against). Options are checked by
-    ``tta.adapt``.
+    baseline's label is what reports and sweeps compare against). Names and options are
+    checked here, once (``tta.wrapper.resolve_method``); the spec keeps the result.
     """
     from tta.wrapper import resolve_method
 
-    entries = [{"name": "source", "label": "source", "options": {}}]
+    entries = [MethodSpec(SOURCE, SOURCE, {}, resolve_method(SOURCE, {}))]
     for i, item in enumerate(methods):
         if isinstance(item, str):
             item = {"name": item}
@@ -338,23 +300,23 @@ def method_entries(methods: list[Any]) -> list[dict[str, Any]]:
                 f"in the results), got {item['label']!r} ({type(item['label']).__name__})"
             )
         options = {k: v for k, v in item.items() if k not in ("name", "label")}
-        resolve_method(item["name"], options)  # unknown names and options fail here
+        resolved = resolve_method(item["name"], options)  # unknown names and options fail here
         label = item.get("label") or item["name"] + (
             f"+{options['norm']}" if "norm" in options else ""
         )
-        if item["name"] == "source" and not options:
-            if label != "source":
+        if item["name"] == SOURCE and not options:
+            if label != SOURCE:
                 raise TTAError(
                     f"config key 'methods[{i}]': source always runs first as the baseline, "
                     f"labelled 'source', so it cannot be labelled {label!r}; remove this entry "
                     "(the baseline is in every run)"
                 )
             continue
-        if any(e["label"] == label for e in entries):
+        if any(e.label == label for e in entries):
             raise TTAError(
                 f"two methods are labelled {label!r}; give one of them a distinct 'label'"
             )
-        entries.append({"name": item["name"], "label": label, "options": dict(options)})
+        entries.append(MethodSpec(label, item["name"], dict(options), resolved))
     return entries
 
 
@@ -372,13 +334,15 @@ def _check_seeds(given: Mapping[str, Any], out: dict[str, Any]) -> None:
     del out["seed"]
 
 
-def run_seeds(config: Mapping[str, Any]) -> list[int]:
-    """The seeds a resolved config runs: its ``seeds``, else ``[seed]``."""
-    return list(config["seeds"]) if config.get("seeds") is not None else [config["seed"]]
-
-
 def resolve_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate ``config`` against the schema and fill in defaults.
+    """``config`` validated against the schema, with defaults filled in, as a mapping (what
+    ``config.json`` holds); see ``build_config``."""
+    return build_config(config).as_dict()
+
+
+def build_config(config: Union[Mapping[str, Any], RunConfig]) -> RunConfig:
+    """Validate ``config`` against the schema, fill in defaults, check every method once, and
+    return the typed ``RunConfig`` (a ``RunConfig`` is returned as it is: it was checked).
 
     ``seeds`` (a list) replaces ``seed``: the resolved config then has ``seeds`` and no ``seed``;
     without ``seeds`` it has ``seed`` and no ``seeds`` (exactly as before ``seeds`` existed).
@@ -386,6 +350,8 @@ def resolve_config(config: Mapping[str, Any]) -> dict[str, Any]:
     ``~`` in the paths (``output``, ``model.checkpoint``, ``data.root``, ``data.clean``) is
     expanded to the home folder.
     """
+    if isinstance(config, RunConfig):
+        return config
     out = _check_section("", SCHEMA, config)
     _check_seeds(config, out)
     _check_model_stats(out["model"])
@@ -399,96 +365,19 @@ def resolve_config(config: Mapping[str, Any]) -> dict[str, Any]:
     out["data"]["clean"] = _expand_clean(out["data"]["clean"])
     out["data"]["source_data"] = _expand_clean(out["data"]["source_data"])
     load_plugins(out["plugins"])  # before the methods they register are checked
-    method_entries(out["methods"])
-    return out
-
-
-def yaml_problem(err: yaml.YAMLError, with_line: bool = True) -> str:
-    """A one-line description of a YAML error: what is wrong and where."""
-    problem = getattr(err, "problem", None) or getattr(err, "context", None) or str(err)
-    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
-    where = ""
-    if mark is not None:
-        where = (
-            f" at line {mark.line + 1}, column {mark.column + 1}"
-            if with_line
-            else f" at column {mark.column + 1}"
-        )
-    return " ".join(f"{problem}{where}".split())
-
-
-def parse_value(text: str, what: str) -> Any:
-    """An override's value read as YAML; bad YAML gets a TTAError naming the override."""
-    try:
-        return yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError as err:
-        raise TTAError(
-            f"{what} has a value that is not valid YAML ({yaml_problem(err, False)}); close "
-            "brackets and quotes, e.g. methods=[tbn,tent] or name='my run'"
-        ) from None
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"stream.batch_size=32"`` → (["stream", "batch_size"], 32); values are read as YAML."""
-    if "=" not in text:
-        raise TTAError(f"override {text!r} must look like key=value (e.g. stream.batch_size=32)")
-    key, _, raw = text.partition("=")
-    keys = key.strip().split(".")
-    if not all(keys):
-        raise TTAError(
-            f"override {text!r} names no config key before '='; write key=value, e.g. "
-            "stream.batch_size=32"
-        )
-    return keys, parse_value(raw, f"override {text!r}")
-
-
-def _apply_overrides(config: Mapping[str, Any], overrides: list[str]) -> dict[str, Any]:
-    out = copy.deepcopy(dict(config))
-    for text in overrides:
-        keys, value = parse_override(text)
-        node = out
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-            if not isinstance(node, dict):
-                raise TTAError(f"override {text!r}: {k!r} is not a section")
-        node[keys[-1]] = value
-    return out
+    return RunConfig.from_resolved(out, method_entries(out["methods"]))
 
 
 def apply_overrides(config: Mapping[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``key=value`` overrides. An override of ``seed`` or ``seeds`` replaces the other of
     the two when it comes from the file (``seeds=[1,2,3]`` on a config with ``seed: 1``); both
     as overrides is refused later, as in a file."""
-    out = _apply_overrides(config, overrides)
+    out = apply_dotted(config, overrides)
     given = {parse_override(text)[0][0] for text in overrides}
     for key, other in (("seed", "seeds"), ("seeds", "seed")):
         if key in given and other not in given:
             out.pop(other, None)
     return out
-
-
-def read_yaml(path: PathLike, kind: str = "config") -> Any:
-    """Parse a YAML file (UTF-8); a missing file, other text encodings and bad YAML get a
-    TTAError naming the path. An empty file reads as ``{}``."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        what = "is a folder, not a file" if path.is_dir() else "does not exist"
-        raise TTAFileNotFoundError(f"{kind} file {str(path)!r} {what}")
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise TTAError(
-            f"{kind} file {str(path)!r} is not UTF-8 text (byte {data[err.start]:#04x} at "
-            f"position {err.start}); save it as UTF-8"
-        ) from None
-    try:
-        loaded = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise TTAError(
-            f"{kind} file {str(path)!r} is not valid YAML: {yaml_problem(err)}"
-        ) from None
-    return {} if loaded is None else loaded
 
 
 def load_config(path: PathLike, overrides: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:

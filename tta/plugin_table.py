@@ -18,6 +18,8 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
+from tta.run_config import SOURCE
+
 
 @dataclass(frozen=True)
 class Pair:
@@ -57,7 +59,7 @@ def find_pairs(methods: Sequence[Mapping[str, Any]]) -> list[Pair]:
 
     pairs = []
     for own in methods:
-        if own["label"] == "source" or _norm_of(own) is not None:
+        if own["label"] == SOURCE or _norm_of(own) is not None:
             continue
         key = _method_options(own)
         for other in methods:

@@ -11,6 +11,7 @@ from typing import Any
 
 from tta._io import write_json, write_text
 from tta._render import csv_text, md_table, number, png_figure
+from tta.run_config import baseline
 
 
 def short_domain(name: str) -> str:
@@ -120,7 +121,7 @@ def results_csv(results: dict[str, Any]) -> str:
     (each seed's numbers are in results.json, ``per_seed``)."""
     if multi_seed(results):
         return _results_csv_seeds(results)
-    source = results["methods"][0]["errors"]
+    source = baseline(results["methods"])["errors"]
     rows = [
         [m["label"], d, f"{e:.4f}", f"{source[d]:.4f}", f"{e - source[d]:.4f}", m["samples"][d]]
         for m in results["methods"]
@@ -143,7 +144,7 @@ def _results_csv_seeds(results: dict[str, Any]) -> str:
         "samples",
         "seeds",
     ]
-    source = results["methods"][0]["errors"]
+    source = baseline(results["methods"])["errors"]
     n = len(results["seeds"])
     rows = [
         [
@@ -173,7 +174,7 @@ def plot_errors(results: dict[str, Any], path: Path) -> None:
         for m in results["methods"]:
             ys = [m["errors"].get(d, float("nan")) for d in domains]
             es = [m["errors_std"].get(d, float("nan")) for d in domains] if multi else None
-            if m["name"] == "source" and m["label"] == "source":
+            if m is baseline(results["methods"]):
                 style = {"fmt": "k--", "lw": 2.5, "label": "source (no adaptation)", "zorder": 3}
             else:
                 mean = number(m["mean_error"], m["mean_error_std"] if multi else None)

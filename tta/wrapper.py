@@ -240,9 +240,22 @@ def adapt(
         raise TTATypeError(
             f"model must be a torch.nn.Module, got {type(model).__module__}.{type(model).__name__}"
         )
+    return adapt_resolved(model, method, resolve_method(method, options), context)
+
+
+def adapt_resolved(
+    model: nn.Module,
+    method: str,
+    resolved: tuple[Any, ...],
+    context: Optional[RunContext] = None,
+) -> AdaptedModel:
+    """``adapt`` with the options already checked: ``resolved`` is ``resolve_method``'s result
+    (runs check every method once, when the config is built, then wrap it once per segment).
+    Each wrap gets its own copy of the option values."""
     if isinstance(context, dict):
         context = RunContext(**context)
-    method_class, norm, norm_options, method_options = resolve_method(method, options)
+    method_class, norm, norm_options, method_options = resolved
+    norm_options, method_options = copy.deepcopy(norm_options), copy.deepcopy(method_options)
     needs_bn = norm.needs_batchnorm or (method_class is not None and method_class.needs_batchnorm)
     if needs_bn and not find_batchnorms(model):
         raise TTAError(

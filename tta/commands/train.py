@@ -12,22 +12,22 @@ from tta.models.checkpoint import check_output_file
 from tta.models.data import load_dataset
 from tta.models.registry import describe
 from tta.models.train import OPTIMIZERS, train_model
+from tta.overrides import parse_value
 
 
 def _option(text: str) -> tuple[str, Any]:
+    """``--arch-option KEY=VALUE``: the value read as in a config override (YAML: ``true``,
+    ``[16, 32]``, ``null``), except that numbers are read as Python reads them (``1e-3`` is
+    0.001, where YAML 1.1 reads a string)."""
     key, sep, raw = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    value: Any = raw
-    for convert in (int, float):
-        try:
-            value = convert(raw)
-            break
-        except ValueError:
-            continue
-    if raw in ("true", "false", "True", "False"):
-        value = raw.lower() == "true"
-    return key, value
+    try:
+        return key, parse_value(
+            raw, f"{text!r}", hint="close brackets and quotes", python_numbers=True
+        )
+    except TTAError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def register(subparsers: Any) -> None:

@@ -16,6 +16,7 @@ import numpy as np
 from tta._errors import TTAError, TTAFileNotFoundError
 from tta.data.arrays import user_path
 from tta.data.dataset_domain import TorchvisionDomain
+from tta.data.image_files import IMAGENETC_EXTENSIONS, is_image_file
 from tta.data.names import (
     ALL_CORRUPTIONS,
     check_corruptions,
@@ -27,8 +28,6 @@ from tta.data.names import (
 IMAGENETC_LAYOUT = """expected layout (the ImageNet-C release):
   <root>/<corruption>/<severity>/<wnid>/<image>.JPEG
   e.g. <root>/gaussian_noise/5/n01440764/ILSVRC2012_val_00000293.JPEG"""
-
-IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 
 
 def default_transform() -> Callable[[Any], Any]:
@@ -163,13 +162,13 @@ def _list_images(sdir: str, wnids: list[str]) -> tuple[list[str], np.ndarray]:
     for wnid in wnids:
         wdir = os.path.join(sdir, wnid)
         names = sorted(
-            e.name for e in os.scandir(wdir) if e.name.lower().endswith(IMAGE_EXTENSIONS)
+            e.name for e in os.scandir(wdir) if is_image_file(e.name, IMAGENETC_EXTENSIONS)
         )
         files.extend(os.path.join(wdir, n) for n in names)
         counts.append(len(names))
     if not files:
         raise TTAFileNotFoundError(
-            f"{sdir!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}).\n{IMAGENETC_LAYOUT}"
+            f"{sdir!r} holds no images ({', '.join(IMAGENETC_EXTENSIONS)}).\n{IMAGENETC_LAYOUT}"
         )
     labels = np.repeat(np.arange(len(wnids), dtype=np.int64), counts)
     return files, labels

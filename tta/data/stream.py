@@ -28,7 +28,7 @@ import torch
 
 from tta._errors import TTAError, TTATypeError, unknown
 from tta.data.domain import Domain, Raw, to_float
-from tta.data.ordering import ORDERS, check_delta, order_indices
+from tta.data.ordering import ORDERS, check_delta, label_stats, order_indices
 
 SCHEDULES = ("reset_each_shift", "continual", "mixed", "gradual")
 GRADUAL_SEVERITIES = (1, 2, 3, 4, 5, 4, 3, 2, 1)
@@ -193,38 +193,6 @@ def _gather_mixed(domains: list[Domain], ids: np.ndarray, dom: np.ndarray, rows:
     for m, p in zip(masks, parts):
         out[torch.from_numpy(m)] = p
     return out
-
-
-def label_stats(labels: Sequence[np.ndarray], bounds: Sequence[np.ndarray]) -> dict[str, float]:
-    """Label correlation of segments given their labels in order and batch boundaries.
-
-    ``mean_distinct_labels_per_batch``: distinct labels in a batch, averaged over batches.
-    ``consecutive_same_label_fraction``: of all pairs of consecutive samples inside a segment, the
-    fraction with the same label (about 1/K for i.i.d. over K balanced classes, near 1 when sorted).
-    """
-    distinct = 0
-    batches = 0
-    same = 0
-    pairs = 0
-    for lab, bnd in zip(labels, bounds):
-        nb = len(bnd) - 1
-        if nb <= 0:
-            continue
-        batch_id = np.repeat(np.arange(nb), np.diff(bnd))
-        distinct += len(np.unique(batch_id * (int(lab.max()) + 1) + lab))
-        batches += nb
-        same += int(np.count_nonzero(lab[1:] == lab[:-1]))
-        pairs += max(len(lab) - 1, 0)
-    all_labels = np.concatenate(labels) if labels else np.empty(0, dtype=np.int64)
-    n = len(all_labels)
-    return {
-        "num_batches": batches,
-        "num_samples": n,
-        "num_classes": len(np.unique(all_labels)),
-        "mean_batch_size": n / batches if batches else 0.0,
-        "mean_distinct_labels_per_batch": distinct / batches if batches else 0.0,
-        "consecutive_same_label_fraction": same / pairs if pairs else 0.0,
-    }
 
 
 class Stream:

@@ -11,15 +11,16 @@ from __future__ import annotations
 from tta.data.subset import SubsetDomain, subset_rows
 from tta.evaluation.device import autocast, check_precision, resolve_device
 from tta.evaluation.domains import build_domains, corrupted_domains, source_images
-from tta.evaluation.results import aggregate, aggregate_seeds
+from tta.evaluation.results import MethodResult, RunResult, SeedResult
 from tta.evaluation.run import evaluate
 from tta.evaluation.scoring import check_model, run_segment, run_unit, score
 from tta.evaluation.units import unit_name, unit_path
 
 __all__ = [
+    "MethodResult",
+    "RunResult",
+    "SeedResult",
     "SubsetDomain",
-    "aggregate",
-    "aggregate_seeds",
     "autocast",
     "build_domains",
     "check_model",

@@ -3,12 +3,13 @@ their held-out contexts and the inputs to fingerprint (see ``tta._runs``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
@@ -17,9 +18,10 @@ from tta import _runs
 from tta._errors import TTAError, TTATypeError
 from tta._io import json_text
 from tta._runs import Input
-from tta.config import run_seeds
+from tta.config import SCHEMA
 from tta.data import CIFARC, ArrayDomain, Domain, ImageNetC
 from tta.data.subset import SubsetDomain, subset_rows
+from tta.run_config import DataConfig, MethodSpec, RunConfig
 
 
 def corrupted_domains(
@@ -38,31 +40,30 @@ def corrupted_domains(
     return domains
 
 
-def build_domains(data: Mapping[str, Any], seed: int) -> list[Domain]:
+def build_domains(data: DataConfig, seed: int) -> list[Domain]:
     """The domains a config's ``data`` section names: the corruptions in the order given (the
     standard order when none are named), each at every listed severity."""
     return domains_and_inputs(data, seed)[0]
 
 
-def domains_and_inputs(data: Mapping[str, Any], seed: int) -> tuple[list[Domain], dict[str, Input]]:
+def domains_and_inputs(data: DataConfig, seed: int) -> tuple[list[Domain], dict[str, Input]]:
     """The domains, and the data inputs to fingerprint (see ``tta._runs``)."""
-    source, names, sev = data["source"], data["corruptions"], list(data["severities"])
-    n = data["num_samples"]
+    source, names, sev, n = data.source, data.corruptions, list(data.severities), data.num_samples
     inputs: dict[str, Input] = {}
     if source in ("cifar-c", "imagenet-c"):
-        if not data["root"]:
+        if not data.root:
             raise TTAError(
                 f"data.source {source!r} needs data.root (the dataset folder); set data.root, "
                 "or data.source: corrupt with data.clean"
             )
         reader = CIFARC if source == "cifar-c" else ImageNetC
-        domains = reader(data["root"], corruptions=names, severities=sev)
-        inputs = _data_inputs(source, data["root"], domains)
+        domains = reader(data.root, corruptions=names, severities=sev)
+        inputs = _data_inputs(source, data.root, domains)
         _warn_short(domains, n, "")
         if n:
             domains = [SubsetDomain(d, subset_rows(len(d), n, seed)) for d in domains]
         return domains, inputs
-    if not data["clean"]:
+    if not data.clean:
         raise TTAError(
             "data.source 'corrupt' needs data.clean: 'mnist5k', 'cifar10:<folder>', "
             "'cifar100:<folder>' or an .npz file"
@@ -70,12 +71,12 @@ def domains_and_inputs(data: Mapping[str, Any], seed: int) -> tuple[list[Domain]
     import corruptions
     from tta.models.data import load_test_split
 
-    images, labels = load_test_split(data["clean"])
+    images, labels = load_test_split(data.clean)
     inputs["data:clean"] = ("value", {"sha256": _runs.sha256_arrays(images, labels)})
     names = names or corruptions.names("benchmark")
     if n and n > len(labels):
         short = [f"{name}-{s}" for name in names for s in sev]
-        _warn(short, len(labels), n, f" (the held-out images of data.clean {data['clean']!r})")
+        _warn(short, len(labels), n, f" (the held-out images of data.clean {data.clean!r})")
     if n:
         rows = subset_rows(len(labels), n, seed)
         images, labels = images[rows], labels[rows]
@@ -129,8 +130,9 @@ def _data_inputs(source: str, root: str, domains: list[Domain]) -> dict[str, Inp
 DOMAIN_KEYS = ("source", "root", "clean", "corruptions", "severities")
 
 
-def check_given_domains(config: Mapping[str, Any], domains: Any) -> list[Domain]:
-    """Check the domains given to ``evaluate`` and that the config does not also name data."""
+def check_given_domains(config: Union[Mapping[str, Any], RunConfig], domains: Any) -> list[Domain]:
+    """Check the domains given to ``evaluate`` and that the config does not also name data (in
+    a ``RunConfig``, whose defaults are filled in, a key names data when it is not its default)."""
     from tta.data.stream import _check_domains
 
     if isinstance(domains, (str, bytes)) or not isinstance(domains, (Sequence, Domain)):
@@ -139,7 +141,11 @@ def check_given_domains(config: Mapping[str, Any], domains: Any) -> list[Domain]
             f"{type(domains).__module__}.{type(domains).__name__}"
         )
     checked = _check_domains(domains)
-    data = config.get("data") if isinstance(config, Mapping) else None
+    if isinstance(config, RunConfig):
+        defaults = SCHEMA["data"]
+        data = {k: v for k, v in config.values["data"].items() if v != defaults[k].default}
+    else:
+        data = config.get("data") if isinstance(config, Mapping) else None
     if isinstance(data, Mapping):
         named = [k for k in DOMAIN_KEYS if data.get(k) is not None]
         if named:
@@ -194,7 +200,7 @@ def given_domain_inputs(domains: list[Domain]) -> dict[str, Input]:
 
 
 def source_images(
-    data: Mapping[str, Any], entries: list[dict[str, Any]], seed: int
+    data: DataConfig, methods: Sequence[MethodSpec], seed: int
 ) -> Optional[torch.Tensor]:
     """Clean source images for the methods that ask for them (EATA's Fisher), or None.
 
@@ -202,16 +208,11 @@ def source_images(
     ``data.source: corrupt``), as many as the most demanding method wants.
     """
     from tta.models.data import load_dataset
-    from tta.wrapper import resolve_method
 
-    wanted = {}
-    for e in entries:
-        cls, _, _, options = resolve_method(e["name"], e["options"])
-        if cls is not None and cls.source_images_wanted(options) > 0:
-            wanted[e["label"]] = cls.source_images_wanted(options)
+    wanted = {m.label: m.source_images_wanted() for m in methods if m.source_images_wanted()}
     if not wanted:
         return None
-    name = data["source_data"] or (data["clean"] if data["source"] == "corrupt" else None)
+    name = data.source_data or (data.clean if data.source == "corrupt" else None)
     if name is None:
         raise TTAError(
             f"method {', '.join(map(repr, wanted))} needs clean source images: set "
@@ -242,30 +243,30 @@ class SeedRun:
 
 
 def seed_domains(
-    config: Mapping[str, Any], given: Optional[list[Domain]]
+    config: RunConfig, given: Optional[list[Domain]]
 ) -> Iterator[tuple[int, list[Domain], Optional[list[Domain]], dict[str, Input]]]:
     """Per seed of a resolved config: the seed, the domains to stream, their held-out contexts
     (``data.context_per_domain``, else None) and the data inputs to fingerprint (those of the
     first seed only: files and clean images do not depend on the seed). ``given``: the domains
-    passed to ``evaluate``, else they are built from ``config["data"]``."""
-    data, held = config["data"], config["data"]["context_per_domain"]
-    if held and config["stream"]["schedule"] == "mixed":
+    passed to ``evaluate``, else they are built from ``config.data``."""
+    data, held = config.data, config.data.context_per_domain
+    if held and config.stream.schedule == "mixed":
         raise TTAError(
             f"data.context_per_domain ({held}) gives each domain's context to the model before "
             "the stream enters that domain, but schedule 'mixed' mixes the domains inside every "
             "batch; use reset_each_shift, continual or gradual, or drop data.context_per_domain"
         )
-    for i, seed in enumerate(run_seeds(config)):
+    for i, seed in enumerate(config.seeds):
         contexts = None
         if given is None:
             # With context, the subset (num_samples) is drawn after the context is held out.
             domains, data_inputs = domains_and_inputs(
-                {**data, "num_samples": None} if held else data, seed
+                dataclasses.replace(data, num_samples=None) if held else data, seed
             )
         else:
             domains, data_inputs = given, (given_domain_inputs(given) if i == 0 else {})
         if held:
             domains, contexts = hold_out_context(domains, held)
         if held or given is not None:
-            domains = subset_domains(domains, data["num_samples"], seed)
+            domains = subset_domains(domains, data.num_samples, seed)
         yield seed, domains, contexts, data_inputs

@@ -9,8 +9,9 @@ Results are kept per unit, (method, segment): when a segment ends, each method's
 atomically to ``<output>/units/``. A rerun skips finished units and rebuilds identical final
 files from them; a segment is read again only for the methods that lack it, so a methods list
 that grows runs only the new methods. A config with ``seeds`` runs every unit once per seed,
-under ``<output>/units/seed-<s>/`` (see ``aggregate_seeds``). A unit's ``seconds`` is the time
-spent in its method (forward, adaptation, counting), not the shared reading.
+under ``<output>/units/seed-<s>/`` (see ``tta.evaluation.results.over_seeds``). A unit's
+``seconds`` is the time spent in its method (forward, adaptation, counting), not the shared
+reading.
 
 Before any work the run checks its config, model and data: the model must return logits of shape
 (batch, classes) and every domain's labels must lie below the number of classes. Only then does it
@@ -33,7 +34,7 @@ import json
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 
@@ -42,24 +43,39 @@ from tta import _runs
 from tta._errors import TTAError, TTATypeError
 from tta._io import folder_lock, json_text, read_json, remove_temp_files, write_json
 from tta._runs import MARKER, Input
-from tta.config import method_entries, resolve_config
+from tta.config import build_config
 from tta.data import Domain, make_stream
 from tta.data.loader import read_batches
 from tta.evaluation.device import check_precision, resolve_device
 from tta.evaluation.domains import SeedRun, check_given_domains, seed_domains, source_images
-from tta.evaluation.results import run_results
+from tta.evaluation.results import SeedResult, run_result, seed_result
 from tta.evaluation.scoring import check_model, run_segment, run_unit
 from tta.evaluation.units import config_difference, read_unit, refuse_other_config, unit_path
 from tta.methods.base import RunContext
+from tta.run_config import ModelConfig, RunConfig
+
+
+def _seed_result(out: Path, config: RunConfig, run: SeedRun, read_only: bool) -> SeedResult:
+    """One seed's results, read from its finished units."""
+    names = run.stream.domain_names
+    units: dict[str, list[dict[str, Any]]] = {}
+    for method in config.methods:
+        units[method.label] = []
+        for segment in run.stream.segments():
+            path = unit_path(out, method.label, segment.name, run.unit_seed)
+            if read_only and not path.is_file():
+                where = "" if run.unit_seed is None else f" | seed {run.seed}"
+                raise TTAError(
+                    f"output folder {str(out)!r} is not writable and the run is not finished "
+                    f"({method.label} | {segment.name}{where} is missing); make it writable "
+                    "or set another output"
+                )
+            units[method.label].append(read_unit(path, method, segment.name, len(names)))
+    return seed_result(config.methods, units, run.stream, run.unit_seed)
 
 
 def _summarise_read_only(
-    out: Path,
-    config: dict[str, Any],
-    inputs: dict[str, Input],
-    force: bool,
-    entries: list[dict[str, Any]],
-    runs: list[SeedRun],
+    out: Path, config: RunConfig, inputs: dict[str, Input], force: bool, runs: list[SeedRun]
 ) -> dict[str, Any]:
     """A finished run in a folder this process cannot write: check it as a resume would and
     return its results, writing nothing (and taking no lock: no run can write there)."""
@@ -67,24 +83,8 @@ def _summarise_read_only(
     if force or not isinstance(before, Mapping) or config_difference(before, config):
         raise _runs.not_writable(out)
     _runs.check_inputs(out, inputs)
-    per_seed = []
-    for run in runs:
-        names = run.stream.domain_names
-        units: dict[str, list[dict[str, Any]]] = {}
-        for entry in entries:
-            units[entry["label"]] = []
-            for segment in run.stream.segments():
-                path = unit_path(out, entry["label"], segment.name, run.unit_seed)
-                if not path.is_file():
-                    where = "" if run.unit_seed is None else f" | seed {run.seed}"
-                    raise TTAError(
-                        f"output folder {str(out)!r} is not writable and the run is not finished "
-                        f"({entry['label']} | {segment.name}{where} is missing); make it writable "
-                        "or set another output"
-                    )
-                units[entry["label"]].append(read_unit(path, entry, segment.name, len(names)))
-        per_seed.append((run, units))
-    results = run_results(config, entries, per_seed)
+    per_seed = [_seed_result(out, config, run, read_only=True) for run in runs]
+    results = run_result(config, per_seed).as_dict()
     saved = out / "results.json"
     if not saved.is_file() or read_json(saved) != json.loads(json_text(results)):
         raise TTAError(
@@ -97,11 +97,10 @@ def _summarise_read_only(
 def _run_pending(
     out: Path,
     model: torch.nn.Module,
-    entries: list[dict[str, Any]],
+    config: RunConfig,
     run: SeedRun,
     context: RunContext,
     device: torch.device,
-    config: dict[str, Any],
 ) -> None:
     """Run every unfinished unit of one seed: segment after segment, one pass over the data
     each, feeding every method whose unit is missing; write each unit when its segment ends."""
@@ -109,26 +108,23 @@ def _run_pending(
     todo = []
     for segment in run.stream.segments():
         missing = [
-            e
-            for e in entries
-            if not unit_path(out, e["label"], segment.name, run.unit_seed).exists()
+            m
+            for m in config.methods
+            if not unit_path(out, m.label, segment.name, run.unit_seed).exists()
         ]
         if missing:
             todo.append((segment, missing))
     if not todo:
         return
     where = "" if run.unit_seed is None else f" | seed {run.seed}"
-    workers, pin = config["data"]["workers"], device.type == "cuda"
-    with read_batches([seg for seg, _ in todo], workers, pin) as batches:
+    pin = device.type == "cuda"
+    with read_batches([seg for seg, _ in todo], config.data.workers, pin) as batches:
         for segment, missing in todo:
             # The run context gives every method the seed and the stream's batch size (so
             # UnMix-TNS's λ does not change on a domain's last, shorter batch).
-            adapted = {
-                e["label"]: tta.adapt(model, e["name"], context, **e["options"]).to(device)
-                for e in missing
-            }
+            adapted = {m.label: m.adapt(model, context).to(device) for m in missing}
             if len(missing) == 1:
-                label = missing[0]["label"]
+                label = missing[0].label
                 desc = f"{label} | {segment.name}{where}"
                 results = {
                     label: run_unit(
@@ -138,7 +134,7 @@ def _run_pending(
                         device,
                         desc,
                         batches=batches,
-                        precision=config["precision"],
+                        precision=config.precision,
                         contexts=run.contexts,
                     )
                 }
@@ -151,27 +147,57 @@ def _run_pending(
                     device,
                     desc,
                     batches,
-                    config["precision"],
+                    config.precision,
                     run.contexts,
                 )
             del adapted
-            for e in missing:
+            for m in missing:
                 unit = {
-                    "method": e["label"],
+                    "method": m.label,
                     "segment": segment.name,
-                    "entry": {"name": e["name"], "options": e["options"]},
-                    **results[e["label"]],
+                    "entry": m.record(),
+                    **results[m.label],
                 }
-                write_json(unit_path(out, e["label"], segment.name, run.unit_seed), unit)
+                write_json(unit_path(out, m.label, segment.name, run.unit_seed), unit)
+
+
+def _load_model(m: ModelConfig, inputs: dict[str, Input]) -> torch.nn.Module:
+    """The network ``model`` describes; records what to fingerprint in ``inputs``."""
+    model = tta.load_model(
+        m.spec,
+        m.checkpoint,
+        num_classes=m.num_classes,
+        mean=m.mean,
+        std=m.std,
+        weights=m.weights,
+        pretrained=m.pretrained,
+        pretrained_tag=m.pretrained_tag,
+        model_dir=m.model_dir,
+        **m.kwargs,
+    )
+    if not m.checkpoint and not m.library_weights:
+        warnings.warn(
+            f"model {model.spec!r} has no checkpoint and no pretrained weights, so it runs "
+            "with the weights its builder gives (random initialisation for the built-in, timm "
+            "and torchvision specs); set model.checkpoint (or weights / pretrained)",
+            stacklevel=3,
+        )
+    if m.checkpoint:
+        inputs["checkpoint"] = ("file", m.checkpoint)
+    if m.library_weights:  # weights a library keeps in its own cache: named by what was asked for
+        library = {"spec": m.spec, "weights": m.weights, "pretrained": m.pretrained}
+        inputs["library_weights"] = ("value", {**library, "pretrained_tag": m.pretrained_tag})
+    return model
 
 
 def evaluate(
-    config: Mapping[str, Any],
+    config: Union[Mapping[str, Any], RunConfig],
     force: bool = False,
     model: Optional[torch.nn.Module] = None,
     domains: Optional[Sequence[Domain]] = None,
 ) -> dict[str, Any]:
-    """Run a config (a mapping in the YAML schema); return the results and write the output folder.
+    """Run a config (a mapping in the YAML schema, or a ``RunConfig``); return the results and
+    write the output folder.
 
     ``model``: use this network instead of building ``config["model"]`` (it must take [0, 1]
     images, as ``tta.load_model`` returns). Its fingerprint is the hash of its class and
@@ -190,55 +216,23 @@ def evaluate(
 
     With ``seeds``, every seed is a run of its own as ``seed: <s>`` would make it (data subset,
     corruption noise, stream order, methods' draws), kept in ``units/seed-<s>/``; the results
-    hold each seed's numbers and their mean ± std (see ``aggregate_seeds``).
+    hold each seed's numbers and their mean ± std (see ``tta.evaluation.results.over_seeds``).
     """
     from tta.report import write_reports
 
     given = check_given_domains(config, domains) if domains is not None else None
-    config = resolve_config(config)
-    out = Path(config["output"])
+    config = build_config(config)
+    out = Path(config.output)
     _runs.check_output_path(out)
     if force:
         _runs.check_can_force(out)
     else:
         refuse_other_config(out, config)  # before the (slow) model and data
-    device = resolve_device(config["device"])
-    check_precision(config["precision"], device)
-    multi = "seeds" in config
-    entries = method_entries(config["methods"])
+    device = resolve_device(config.device)
+    check_precision(config.precision, device)
     inputs: dict[str, Input] = {"tta": ("value", {"version": tta.__version__})}
     if model is None:
-        m = config["model"]
-        model = tta.load_model(
-            m["spec"],
-            m["checkpoint"],
-            num_classes=m["num_classes"],
-            mean=m["mean"],
-            std=m["std"],
-            weights=m["weights"],
-            pretrained=m["pretrained"],
-            pretrained_tag=m["pretrained_tag"],
-            model_dir=m["model_dir"],
-            **m["kwargs"],
-        )
-        library_weights = (
-            m["weights"]
-            or m["pretrained"]
-            or m["pretrained_tag"]
-            or "robustbench:" in (m["spec"] or "")
-        )
-        if not m["checkpoint"] and not library_weights:
-            warnings.warn(
-                f"model {model.spec!r} has no checkpoint and no pretrained weights, so it runs "
-                "with the weights its builder gives (random initialisation for the built-in, timm "
-                "and torchvision specs); set model.checkpoint (or weights / pretrained)",
-                stacklevel=2,
-            )
-        if m["checkpoint"]:
-            inputs["checkpoint"] = ("file", m["checkpoint"])
-        library = {k: m[k] for k in ("spec", "weights", "pretrained", "pretrained_tag")}
-        if library_weights:  # weights a library keeps in its own cache: named by what was asked for
-            inputs["library_weights"] = ("value", library)
+        model = _load_model(config.model, inputs)
     else:
         if not isinstance(model, torch.nn.Module):
             raise TTATypeError(
@@ -246,19 +240,19 @@ def evaluate(
                 f"{type(model).__name__}"
             )
         inputs["model"] = ("value", _runs.model_fingerprint(model))
-    s = config["stream"]
+    s = config.stream
     runs: list[SeedRun] = []
     num_classes = None
     for i, (seed, domains, contexts, data_inputs) in enumerate(seed_domains(config, given)):
         if i == 0:  # the fingerprinted inputs (files, clean images) do not depend on the seed
             inputs.update(data_inputs)
             num_classes = check_model(model, domains)
-        images = source_images(config["data"], entries, seed)
-        stream = make_stream(domains, s["order"], s["delta"], s["schedule"], s["batch_size"], seed)
-        runs.append(SeedRun(seed, seed if multi else None, stream, images, contexts))
+        images = source_images(config.data, config.methods, seed)
+        stream = make_stream(domains, s.order, s.delta, s.schedule, s.batch_size, seed)
+        runs.append(SeedRun(seed, seed if config.multi_seed else None, stream, images, contexts))
 
     if not _runs.writable(out):
-        return _summarise_read_only(out, config, inputs, force, entries, runs)
+        return _summarise_read_only(out, config, inputs, force, runs)
     with folder_lock(out):
         remove_temp_files(out)
         if force:
@@ -276,30 +270,18 @@ def evaluate(
             kept = _runs.record(inputs)
         # Claim the folder: the marker first, so a config.json never lacks its fingerprints.
         _runs.write_if_changed(out / MARKER, _runs.marker_text(kept))
-        _runs.write_if_changed(out / "config.json", json_text(config))
+        _runs.write_if_changed(out / "config.json", json_text(config.as_dict()))
         per_seed = []
         for run in runs:
             context = RunContext(
                 seed=run.seed,
-                batch_size=s["batch_size"],
+                batch_size=s.batch_size,
                 device=device,
                 num_classes=num_classes,
                 source_images=run.images,
             )
-            _run_pending(out, model, entries, run, context, device, config)
-            units = {
-                e["label"]: [
-                    read_unit(
-                        unit_path(out, e["label"], seg.name, run.unit_seed),
-                        e,
-                        seg.name,
-                        len(run.stream.domain_names),
-                    )
-                    for seg in run.stream.segments()
-                ]
-                for e in entries
-            }
-            per_seed.append((run, units))
-        results = run_results(config, entries, per_seed)
+            _run_pending(out, model, config, run, context, device)
+            per_seed.append(_seed_result(out, config, run, read_only=False))
+        results = run_result(config, per_seed).as_dict()
         write_reports(out, results)
     return results

@@ -13,6 +13,7 @@ from tta import _runs
 from tta._errors import TTAError
 from tta._io import json_text, read_json
 from tta.config import SCHEMA, method_entries
+from tta.run_config import MethodSpec, RunConfig
 
 
 def unit_name(name: str) -> str:
@@ -32,12 +33,10 @@ def unit_path(out: Path, label: str, segment: str, seed: Optional[int] = None) -
     return units / unit_name(label) / f"{unit_name(segment)}.json"
 
 
-def read_unit(
-    path: Path, entry: Mapping[str, Any], segment: str, num_domains: int
-) -> dict[str, Any]:
+def read_unit(path: Path, method: MethodSpec, segment: str, num_domains: int) -> dict[str, Any]:
     """A finished unit, checked to be the one asked for (a damaged file is a TTAError). Units
     record the method's name and options (older ones only its label, checked via config.json)."""
-    label = entry["label"]
+    label = method.label
     unit = read_json(path)
     ok = (
         isinstance(unit, dict)
@@ -52,7 +51,7 @@ def read_unit(
             f"segment {segment!r}, {num_domains} domains); {_runs.FORCE_HINT}"
         )
     recorded = unit.get("entry")
-    wanted = {"name": entry["name"], "options": entry["options"]}
+    wanted = method.record()
     if recorded is not None and json.loads(json_text(wanted)) != recorded:
         raise TTAError(
             f"{str(path)!r} holds method {label!r} as {recorded}, but the config now asks "
@@ -74,25 +73,25 @@ def _with_defaults(config: Mapping[str, Any], schema: Mapping[str, Any] = SCHEMA
     return out
 
 
-def config_difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+def config_difference(old: Mapping[str, Any], new: RunConfig) -> list[str]:
     """The keys in which a saved config and a new one differ for the numbers already computed.
 
     ``data.workers`` only changes how the data is read. ``methods`` may gain or lose entries,
     since every unit belongs to one method label, but a label in both must keep its method and
     options.
     """
-    a, b = _with_defaults(old), _with_defaults(new)
+    a, b = _with_defaults(old), _with_defaults(new.values)
     for c in (a, b):
         c.pop("methods", None)
         if isinstance(c.get("data"), Mapping):
             c["data"] = {k: v for k, v in c["data"].items() if k != "workers"}
     diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     try:
-        before = {e["label"]: e for e in method_entries(list(old.get("methods") or []))}
+        before = {e.label: e for e in method_entries(list(old.get("methods") or []))}
     except (TTAError, TypeError, ValueError):
         return diff + ["methods"]
-    now = {e["label"]: e for e in method_entries(list(new.get("methods") or []))}
-    plain = lambda e: json.loads(json_text([e["name"], e["options"]]))  # noqa: E731
+    now = {e.label: e for e in new.methods}
+    plain = lambda e: json.loads(json_text([e.name, e.options]))  # noqa: E731
     changed = [k for k in before if k in now and plain(before[k]) != plain(now[k])]
     if changed:
         diff.append(
@@ -101,11 +100,11 @@ def config_difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[st
     return diff
 
 
-def refuse_other_config(out: Path, config: Mapping[str, Any]) -> None:
+def refuse_other_config(out: Path, config: RunConfig) -> None:
     """A folder holding another config's results is refused, naming the keys that differ; a
     config that only adds or drops methods (or changes ``data.workers``) resumes."""
     old = _runs.saved_config(out)
-    if old is None or old == config:
+    if old is None or old == config.values:
         return
     if not isinstance(old, Mapping):
         raise TTAError(

@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from tta._errors import TTAError, TTAFileNotFoundError, TTATypeError
+from tta._io import atomic_write
 
 PathLike = Union[str, "os.PathLike[str]"]
 FORMAT = "tta-checkpoint-1"
@@ -331,13 +332,4 @@ def save_checkpoint(model: nn.Module, path: PathLike, info: Optional[dict] = Non
         "info": _plain(info or {}),
         "state_dict": {k: v.detach().cpu() for k, v in model.model.state_dict().items()},
     }
-    path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return atomic_write(Path(path).expanduser(), lambda tmp: torch.save(payload, tmp))

@@ -14,6 +14,7 @@ import numpy as np
 from tta._errors import TTAFileNotFoundError
 from tta._io import read_json, write_text
 from tta._render import sample_std
+from tta.run_config import baseline
 from tta.sweep.plan import RESERVED, PathLike, canonical, get_key, short_names, value_text
 from tta.sweep.render import plot_sweep, sweep_csv, sweep_markdown
 
@@ -123,7 +124,7 @@ def _csv_rows(
     rows = []
     for cid, res in results.items():
         for run in _seed_runs(res):
-            source = run["methods"][0]["errors"]
+            source = baseline(run["methods"])["errors"]
             seed = {"seed": run["seed"]} if seed_column else {}
             for m in run["methods"]:
                 for domain, err in m["errors"].items():

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, Union
 
 from tta._errors import TTAError, TTATypeError, did_you_mean, unknown
-from tta.config import SCHEMA, apply_overrides, parse_value, read_yaml, resolve_config
+from tta.config import SCHEMA, apply_overrides, resolve_config
+from tta.overrides import parse_value, read_yaml, split_override
 
 PathLike = Union[str, Path]
 
@@ -252,12 +253,13 @@ def load_sweep(path: PathLike, overrides: tuple[str, ...] | list[str] = ()) -> S
             f"sweep file {str(path)!r} must hold a mapping (a run config plus 'grid'), got a "
             f"{'list' if isinstance(raw, list) else 'single value'}: {raw!r}"
         )
-    # Grid keys contain dots, so overrides of ``grid.<dotted key>`` are split by hand.
+    # Grid keys contain dots, so in ``grid.<dotted key>=value`` the key after "grid." is whole.
     raw = dict(raw)
     rest = []
     for text in overrides:
         if text.startswith("grid.") and "=" in text:
-            key, _, value = text[len("grid.") :].partition("=")
+            key, value = split_override(text)
+            key = key[len("grid.") :].strip()
             value = parse_value(value, f"override {text!r}")
             grid = raw.get("grid") or {}
             if not isinstance(grid, Mapping):
@@ -265,7 +267,7 @@ def load_sweep(path: PathLike, overrides: tuple[str, ...] | list[str] = ()) -> S
                     f"sweep file {str(path)!r}: 'grid' must be a mapping of dotted config keys to "
                     f"lists of values, got {grid!r}"
                 )
-            raw["grid"] = {**grid, key.strip(): value}
+            raw["grid"] = {**grid, key: value}
         else:
             rest.append(text)
     return build_sweep(apply_overrides(raw, rest))

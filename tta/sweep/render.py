@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 from tta._render import csv_text, md_escape, md_row, md_rule, md_table, number, png_figure
 from tta.plugin_table import plugin_table
+from tta.run_config import SOURCE
 from tta.sweep.plan import canonical, value_text
 
 
@@ -106,7 +107,7 @@ def _settings_table(
                 row.append("-")
                 continue
             text = number(e["mean"], e["std"] if e["n"] > 1 else None)
-            if method != "source":
+            if method != SOURCE:
                 text += f" ({number(e['delta_mean'], signed=True)})"
             if e["n"] < group.get("seeds", len(group["cells"])):
                 text += f" [n={e['n']}]"
@@ -177,9 +178,7 @@ def plot_sweep(merged: dict[str, Any], path: Path) -> None:
                     xs.append(i - 0.4 + width * (j + 0.5))
                     ys.append(e["mean"])
                     es.append(e["std"])
-            style = (
-                {"color": "0.7", "hatch": "//", "edgecolor": "0.3"} if method == "source" else {}
-            )
+            style = {"color": "0.7", "hatch": "//", "edgecolor": "0.3"} if method == SOURCE else {}
             ax.bar(xs, ys, width, yerr=es, capsize=2, label=method, **style)
         ax.set_xticks(range(len(labels)), [lab.replace(", ", "\n") for lab in labels], fontsize=7)
         ax.set_ylabel("mean online error (%)")
