@@ -175,3 +175,27 @@ def test_an_upward_import_is_caught():
     assert layer_of("tta.sweep.plan") == layer_of("tta.sweep")
     assert layer_of("tta") == layer_of("tta.evaluation")  # the root is not "everything"
     assert not upward(tta_imports(PACKAGE / "sweep" / "plan.py", "import tta.config\n"))
+
+
+def private_reads(path: Path, source: Optional[str] = None) -> list[int]:
+    """Lines of ``path`` that call a ``_read`` method (a Domain's raw reader)."""
+    tree = ast.parse(source or path.read_text(encoding="utf-8"), str(path))
+    return [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "_read"
+    ]
+
+
+def test_only_tta_data_reads_domains_raw():
+    """``Domain._read`` is tta.data's own: everything else reads through ``get``/streams."""
+    outside = [
+        f"{path.relative_to(PACKAGE.parent)}:{line}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if not module_name(path).startswith("tta.data")
+        for line in private_reads(path)
+    ]
+    assert outside == []
+    assert private_reads(PACKAGE / "x.py", "def f(d, rows):\n    return d.inner._read(rows)\n")

@@ -6,12 +6,13 @@ seeds: ``±`` in summary.md, ``*_std`` columns in results.csv, error bars in err
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 from tta._io import write_json, write_text
 from tta._render import csv_text, md_table, number, png_figure
-from tta.run_config import baseline
+from tta.evaluation.results import RunResult
 
 
 def short_domain(name: str) -> str:
@@ -23,53 +24,56 @@ def short_domain(name: str) -> str:
     return f"{short}-{sev}" if sep else short
 
 
-def multi_seed(results: dict[str, Any]) -> bool:
+Results = Union[RunResult, Mapping[str, Any]]
+
+
+def _typed(results: Results) -> RunResult:
+    return results if isinstance(results, RunResult) else RunResult.from_dict(results)
+
+
+def multi_seed(results: Results) -> bool:
     """Whether ``results`` come from a run with ``seeds`` (numbers are means with a std)."""
-    return "seeds" in results
+    return _typed(results).per_seed is not None
 
 
-def error_table(results: dict[str, Any]) -> str:
+def error_table(results: Results) -> str:
     """Markdown table: methods × domains (error %), then the mean and Δ mean vs source; with
     ``seeds``, each entry is mean ± std over the seeds."""
-    domains = results["stream"]["domains"]
+    r = _typed(results)
+    domains = r.result.stream["domains"]
     head = ["method", *(short_domain(d) for d in domains), "mean", "Δ vs source"]
-    multi = multi_seed(results)
     rows = []
-    for m in results["methods"]:
-        # With seeds every number carries its std over the seeds; without, there is none.
-        cells = [m["label"]]
+    for m in r.methods:
+        # With seeds every number carries its std over the seeds (the *_std fields); without,
+        # those are None and numbers show alone.
+        stds = m.errors_std or {}
+        cells = [m.label]
+        cells += [number(m.errors[d], stds.get(d)) if d in m.errors else "-" for d in domains]
         cells += [
-            number(m["errors"][d], m["errors_std"][d] if multi else None)
-            if d in m["errors"]
-            else "-"
-            for d in domains
-        ]
-        cells += [
-            number(m["mean_error"], m["mean_error_std"] if multi else None),
-            number(m["delta_vs_source"], m["delta_vs_source_std"] if multi else None, signed=True),
+            number(m.mean_error, m.mean_error_std),
+            number(m.delta_vs_source, m.delta_vs_source_std, signed=True),
         ]
         rows.append(cells)
     return "\n".join(md_table(head, rows))
 
 
-def timing_table(results: dict[str, Any]) -> str:
+def timing_table(results: Results) -> str:
     """Markdown table: each method's throughput and wall time."""
     rows = [
-        [m["label"], f"{m['images_per_second']:.0f}", f"{m['seconds']:.1f}"]
-        for m in results["methods"]
+        [m.label, f"{m.images_per_second:.0f}", f"{m.seconds:.1f}"] for m in _typed(results).methods
     ]
     return "\n".join(md_table(["method", "images/s", "wall time (s)"], rows))
 
 
-def describe_stream(results: dict[str, Any]) -> str:
-    s, st = results["config"]["stream"], results["stream"]
+def describe_stream(results: Results) -> str:
+    r = _typed(results)
+    s, st = r.config["stream"], r.result.stream
     ls = st["label_stats"]
     order = f"dirichlet (δ = {s['delta']})" if s["order"] == "dirichlet" else s["order"]
-    if multi_seed(results):
-        seeds = results["seeds"]
-        seed = f"{len(seeds)} seeds ({', '.join(map(str, seeds))}), one stream each; per seed "
+    if r.seeds is not None:
+        seed = f"{len(r.seeds)} seeds ({', '.join(map(str, r.seeds))}), one stream each; per seed "
     else:
-        seed = f"seed {results['seed']}; "
+        seed = f"seed {r.seed}; "
     return (
         f"Stream: {order} order, {s['schedule']} schedule, batch size {s['batch_size']}, "
         f"{seed}{st['num_samples']} samples in {st['num_batches']} batches over "
@@ -79,122 +83,108 @@ def describe_stream(results: dict[str, Any]) -> str:
     )
 
 
-def nonfinite_warnings(results: dict[str, Any]) -> list[str]:
+def nonfinite_warnings(results: Results) -> list[str]:
     """One line per method whose logits were not all finite for some samples (counted as
     errors); none when every logit was finite."""
     lines = []
-    for m in results["methods"]:
-        total = m.get("nonfinite_total", 0)
-        if total:
-            where = ", ".join(f"{d}: {n}" for d, n in m["nonfinite"].items() if n)
+    for m in _typed(results).methods:
+        if m.nonfinite_total:
+            where = ", ".join(f"{d}: {n}" for d, n in m.nonfinite.items() if n)
             lines.append(
-                f"**Warning**: {m['label']} returned non-finite logits (NaN or inf) for {total} "
-                f"of {m['images']} samples ({where}); they are counted as errors."
+                f"**Warning**: {m.label} returned non-finite logits (NaN or inf) for "
+                f"{m.nonfinite_total} of {m.images} samples ({where}); they are counted as errors."
             )
     return lines
 
 
-def summary_markdown(results: dict[str, Any]) -> str:
-    domains = results["stream"]["domains"]
-    legend = ", ".join(f"{short_domain(d)} = {d}" for d in domains)
-    warned = "".join(f"{line}\n\n" for line in nonfinite_warnings(results))
+def summary_markdown(results: Results) -> str:
+    r = _typed(results)
+    legend = ", ".join(f"{short_domain(d)} = {d}" for d in r.result.stream["domains"])
+    warned = "".join(f"{line}\n\n" for line in nonfinite_warnings(r))
     spread = (
         " Each entry is the mean ± sample standard deviation (ddof = 1) over the "
-        f"{len(results['seeds'])} seeds; Δ is taken per seed, then averaged."
-        if multi_seed(results)
+        f"{len(r.seeds)} seeds; Δ is taken per seed, then averaged."
+        if r.seeds is not None
         else ""
     )
     return (
-        f"# {results['name']}: online error (%)\n\n{describe_stream(results)}\n\n"
-        f"{error_table(results)}\n\n{warned}Columns: {legend}. Δ is the method's mean error "
+        f"# {r.name}: online error (%)\n\n{describe_stream(r)}\n\n"
+        f"{error_table(r)}\n\n{warned}Columns: {legend}. Δ is the method's mean error "
         f"minus the `source` baseline's on the identical stream (negative = adaptation helps)."
         f"{spread}\n\n"
-        f"{timing_table(results)}\n\nVersions: "
-        + ", ".join(f"{k} {v}" for k, v in results["versions"].items())
+        f"{timing_table(r)}\n\nVersions: "
+        + ", ".join(f"{k} {v}" for k, v in r.versions.items())
         + "\n"
     )
 
 
-def results_csv(results: dict[str, Any]) -> str:
+def results_csv(results: Results) -> str:
     """One row per method × domain; with ``seeds``, the error and Δ are means over the seeds
     with their sample std (ddof = 1) in ``error_std`` / ``delta_std``, and ``seeds`` counts them
     (each seed's numbers are in results.json, ``per_seed``)."""
-    if multi_seed(results):
-        return _results_csv_seeds(results)
-    source = baseline(results["methods"])["errors"]
-    rows = [
-        [m["label"], d, f"{e:.4f}", f"{source[d]:.4f}", f"{e - source[d]:.4f}", m["samples"][d]]
-        for m in results["methods"]
-        for d, e in m["errors"].items()
-    ]
-    return csv_text(
-        ["method", "domain", "error", "source_error", "delta_vs_source", "samples"], rows
-    )
-
-
-def _results_csv_seeds(results: dict[str, Any]) -> str:
-    head = [
-        "method",
-        "domain",
-        "error",
-        "error_std",
-        "source_error",
-        "delta_vs_source",
-        "delta_std",
-        "samples",
-        "seeds",
-    ]
-    source = baseline(results["methods"])["errors"]
-    n = len(results["seeds"])
+    r = _typed(results)
+    source = r.source.errors
+    if r.seeds is None:
+        head = ["method", "domain", "error", "source_error", "delta_vs_source", "samples"]
+        rows = [
+            [m.label, d, f"{e:.4f}", f"{source[d]:.4f}", f"{e - source[d]:.4f}", m.samples[d]]
+            for m in r.methods
+            for d, e in m.errors.items()
+        ]
+        return csv_text(head, rows)
+    head = ["method", "domain", "error", "error_std", "source_error", "delta_vs_source"]
+    head += ["delta_std", "samples", "seeds"]
     rows = [
         [
-            m["label"],
+            m.label,
             d,
             f"{e:.4f}",
-            f"{m['errors_std'][d]:.4f}",
+            f"{m.errors_std[d]:.4f}",
             f"{source[d]:.4f}",
-            f"{m['delta_per_domain'][d]:.4f}",
-            f"{m['delta_per_domain_std'][d]:.4f}",
-            m["samples"][d],
-            n,
+            f"{m.delta_per_domain[d]:.4f}",
+            f"{m.delta_per_domain_std[d]:.4f}",
+            m.samples[d],
+            len(r.seeds),
         ]
-        for m in results["methods"]
-        for d, e in m["errors"].items()
+        for m in r.methods
+        for d, e in m.errors.items()
     ]
     return csv_text(head, rows)
 
 
-def plot_errors(results: dict[str, Any], path: Path) -> None:
+def plot_errors(results: Results, path: Path) -> None:
     """Per-domain error of every method; the source baseline is the thick dashed black line, so
     points below it are domains where adaptation helps."""
-    domains = results["stream"]["domains"]
+    r = _typed(results)
+    domains = r.result.stream["domains"]
     xs = range(len(domains))
-    multi = multi_seed(results)
+    multi = r.seeds is not None
     with png_figure(path, (max(6.0, 0.6 * len(domains) + 3), 4.2)) as ax:
-        for m in results["methods"]:
-            ys = [m["errors"].get(d, float("nan")) for d in domains]
-            es = [m["errors_std"].get(d, float("nan")) for d in domains] if multi else None
-            if m is baseline(results["methods"]):
+        for m in r.methods:
+            ys = [m.errors.get(d, float("nan")) for d in domains]
+            if m is r.source:
                 style = {"fmt": "k--", "lw": 2.5, "label": "source (no adaptation)", "zorder": 3}
             else:
-                mean = number(m["mean_error"], m["mean_error_std"] if multi else None)
-                style = {"fmt": "o-", "lw": 1.2, "ms": 4, "label": f"{m['label']} ({mean})"}
+                mean = number(m.mean_error, m.mean_error_std)
+                style = {"fmt": "o-", "lw": 1.2, "ms": 4, "label": f"{m.label} ({mean})"}
             if multi:
+                es = [m.errors_std.get(d, float("nan")) for d in domains]
                 ax.errorbar(xs, ys, yerr=es, capsize=2, **style)
             else:
                 fmt = style.pop("fmt")
                 ax.plot(xs, ys, fmt, **style)
         ax.set_xticks(list(xs), [short_domain(d) for d in domains], rotation=45, ha="right")
         ax.set_ylabel("online error (%)")
-        spread = f", bars: std over {len(results['seeds'])} seeds" if multi else ""
-        ax.set_title(f"{results['name']}: error per domain (mean in legend{spread})")
+        spread = f", bars: std over {len(r.seeds)} seeds" if multi else ""
+        ax.set_title(f"{r.name}: error per domain (mean in legend{spread})")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best")
 
 
-def write_reports(out: Path, results: dict[str, Any]) -> None:
+def write_reports(out: Path, results: Results) -> None:
     """Write a finished run's four result files into ``out``."""
-    write_json(out / "results.json", results)
-    write_text(out / "results.csv", results_csv(results))
-    write_text(out / "summary.md", summary_markdown(results))
-    plot_errors(results, out / "errors.png")
+    r = _typed(results)
+    write_json(out / "results.json", r.as_dict())
+    write_text(out / "results.csv", results_csv(r))
+    write_text(out / "summary.md", summary_markdown(r))
+    plot_errors(r, out / "errors.png")

@@ -282,6 +282,6 @@ def evaluate(
             )
             _run_pending(out, model, config, run, context, device)
             per_seed.append(_seed_result(out, config, run, read_only=False))
-        results = run_result(config, per_seed).as_dict()
-        write_reports(out, results)
-    return results
+        result = run_result(config, per_seed)
+        write_reports(out, result)
+    return result.as_dict()
