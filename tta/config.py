@@ -381,11 +381,17 @@ def apply_overrides(config: Mapping[str, Any], overrides: list[str]) -> dict[str
 
 
 def load_config(path: PathLike, overrides: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
-    """Read a YAML config, apply ``key=value`` overrides, validate, fill defaults."""
+    """Read a YAML config, apply ``key=value`` overrides, validate, fill defaults (as a mapping;
+    ``load_run_config`` gives the typed ``RunConfig``)."""
+    return load_run_config(path, overrides).as_dict()
+
+
+def load_run_config(path: PathLike, overrides: tuple[str, ...] | list[str] = ()) -> RunConfig:
+    """Read a YAML config, apply ``key=value`` overrides and build the checked ``RunConfig``."""
     raw = read_yaml(path)
     if not isinstance(raw, Mapping):
         raise TTATypeError(
             f"config file {str(path)!r} must hold a mapping of config keys ({', '.join(SCHEMA)}), "
             f"got {'a list' if isinstance(raw, list) else 'a single value'}: {raw!r}"
         )
-    return resolve_config(apply_overrides(raw, list(overrides)))
+    return build_config(apply_overrides(raw, list(overrides)))

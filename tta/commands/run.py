@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from tta._errors import TTAError
-    from tta.config import load_config
+    from tta.config import load_run_config
     from tta.evaluation import evaluate
     from tta.report import summary_markdown
 
@@ -75,8 +75,8 @@ def run(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise TTAError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    config = load_config(args.config, args.overrides)
+    config = load_run_config(args.config, args.overrides)
     results = evaluate(config, force=args.force)
     print(summary_markdown(results))
-    print(f"Results in {config['output']}/ (results.json, results.csv, summary.md, errors.png)")
+    print(f"Results in {config.output}/ (results.json, results.csv, summary.md, errors.png)")
     return 0
