@@ -199,3 +199,27 @@ def test_only_tta_data_reads_domains_raw():
     ]
     assert outside == []
     assert private_reads(PACKAGE / "x.py", "def f(d, rows):\n    return d.inner._read(rows)\n")
+
+
+def readme_map() -> dict[str, str]:
+    """README's "Map of the packages": layer name → its modules column."""
+    text = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
+    table = text.split("### Map of the packages", 1)[1].split("\n\n")[2]
+    rows = [line.split(" | ") for line in table.splitlines()[2:]]
+    return {cells[0].lstrip("| "): cells[1] for cells in rows}
+
+
+def test_readme_map_lists_every_layer_and_module():
+    """The README map names the layers of LAYERS in order, each with all its modules."""
+    shown = readme_map()
+    assert list(shown) == [name for name, _ in LAYERS]
+    for name, entries in LAYERS:
+        for module in entries:
+            last = module.split(".")[-1]
+            if module == "tta":
+                token = "tta/__init__.py"
+            elif (PACKAGE.parent / module.replace(".", "/")).is_dir():
+                token = f"{last}/"
+            else:
+                token = f"{last}.py"
+            assert token in shown[name], f"README's map lacks {token} under {name!r}"
