@@ -30,6 +30,10 @@ def _versions() -> dict[str, str]:
     }
 
 
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values))
+
+
 def _std(values: list[float]) -> float:
     """Sample standard deviation (ddof = 1); 0 for a single value."""
     return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
@@ -236,26 +240,22 @@ def over_seeds(runs: Sequence[SeedResult]) -> SeedResult:
         doms = [d for d in names if all(d in m.errors for m in per)]
         seconds = float(sum(m.seconds for m in per))
         images = int(sum(m.images for m in per))
-
-        def mean(values: list[float]) -> float:
-            return float(np.mean(values))
-
         methods.append(
             MethodResult(
                 label=first.label,
                 name=first.name,
                 options=first.options,
-                errors={d: mean([m.errors[d] for m in per]) for d in doms},
+                errors={d: _mean([m.errors[d] for m in per]) for d in doms},
                 errors_std={d: _std([m.errors[d] for m in per]) for d in doms},
                 samples={d: first.samples[d] for d in doms},  # per seed
                 nonfinite={d: int(sum(m.nonfinite.get(d, 0) for m in per)) for d in doms},
                 nonfinite_total=int(sum(m.nonfinite_total for m in per)),
-                mean_error=mean([m.mean_error for m in per]),
+                mean_error=_mean([m.mean_error for m in per]),
                 mean_error_std=_std([m.mean_error for m in per]),
                 mean_error_per_seed=[m.mean_error for m in per],
-                delta_vs_source=mean([m.delta_vs_source for m in per]),
+                delta_vs_source=_mean([m.delta_vs_source for m in per]),
                 delta_vs_source_std=_std([m.delta_vs_source for m in per]),
-                delta_per_domain={d: mean([m.delta_per_domain[d] for m in per]) for d in doms},
+                delta_per_domain={d: _mean([m.delta_per_domain[d] for m in per]) for d in doms},
                 delta_per_domain_std={d: _std([m.delta_per_domain[d] for m in per]) for d in doms},
                 seconds=seconds,
                 images=images,
@@ -268,7 +268,7 @@ def over_seeds(runs: Sequence[SeedResult]) -> SeedResult:
         "num_batches": runs[0].stream["num_batches"],  # per seed (equal for every seed)
         "num_samples": runs[0].stream["num_samples"],
         "label_stats": {
-            k: float(np.mean([st[k] for st in stats]))
+            k: _mean([st[k] for st in stats])
             for k in stats[0]
             if all(isinstance(st.get(k), (int, float)) for st in stats)
         },
