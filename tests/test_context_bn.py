@@ -120,3 +120,23 @@ def test_set_context_errors():
         adapted.set_context(torch.zeros(4, 3, 8, 8, dtype=torch.uint8))
     with pytest.raises(ValueError, match="more than one value per channel"):
         adapted.set_context(torch.rand(1, 3, 1, 1).double())
+
+
+def test_teachers_take_the_context_too():
+    """RoTTA and CoTTA predict with a copy of the network (their teacher): set_context gives it
+    the context statistics as well, so the first prediction is the formula's."""
+    m = net()
+    context = torch.rand(6, 3, 8, 8).double()
+    x = torch.rand(4, 3, 8, 8).double()
+    adapted = tta.adapt(m, "rotta", norm="context-bn")
+    adapted.set_context(context)
+    torch.testing.assert_close(adapted(x), reference(m, context, x), rtol=0, atol=1e-12)
+    cotta = tta.adapt(m, "cotta", norm="context-bn")
+    cotta.set_context(context)
+    for copy in cotta.method.children():
+        torch.testing.assert_close(copy(x), reference(m, context, x), rtol=0, atol=1e-12)
+
+
+def test_episodic_is_refused():
+    with pytest.raises(tta.TTAError, match="episodic=True .* context statistics"):
+        tta.adapt(net(), "tent", norm="context-bn", episodic=True)

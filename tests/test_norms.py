@@ -489,3 +489,22 @@ def test_half_precision_statistics_are_summed_in_float32(dtype):
     ref_var, ref_mean = torch.var_mean(x.to(dtype).double(), dim=(0, 2, 3), unbiased=False)
     torch.testing.assert_close(mean.double(), ref_mean, rtol=1e-2, atol=1e-2)
     torch.testing.assert_close(var.double(), ref_var, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("method", ["unmix-tns", "tbn", "rbn", "iabn"])
+def test_a_half_network_runs_every_norm(method):
+    """A network converted with .half() keeps half statistics state (UnMix-TNS's components):
+    the float32 batch statistics meet it in its dtype, close to the float32 network's output."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(), nn.Linear(8, 3),
+    ).eval()  # fmt: skip
+    x = torch.rand(8, 3, 12, 12)
+    options = {"seed": 0} if method == "unmix-tns" else {}
+    full = tta.adapt(net, method, **options)
+    half = tta.adapt(copy.deepcopy(net).half(), method, **options)
+    for _ in range(2):
+        out = half(x.half())
+        assert out.dtype == torch.float16
+        torch.testing.assert_close(out.float(), full(x), rtol=0, atol=5e-3)

@@ -153,3 +153,28 @@ def test_one_channel_models_take_grey_and_corrupted_grey_batches():
     assert model(x).shape == (3, 10)
     with pytest.raises(TTAError, match="takes 1-channel images but the batch has 2 channels"):
         match_channels(torch.rand(1, 2, 8, 8), 1)
+
+
+def test_runs_give_a_one_channel_model_rgb_domains_and_rgb_source_images(tmp_path):
+    """evaluate converts what the model reads everywhere: the check forward, every batch and
+    EATA's clean source images (mnist5k's training split is RGB)."""
+    import tta
+    from tta.data import ArrayDomain, make_stream
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(), nn.Linear(4, 10),
+    ).eval()  # fmt: skip
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (40, 28, 28, 3), dtype=np.uint8), rng.integers(0, 10, 40)
+    config = {
+        "output": str(tmp_path / "out"),
+        "methods": ["tbn", {"name": "eata", "fisher_samples": 16}],
+        "stream": {"batch_size": 10},
+        "data": {"source_data": "mnist5k"},
+    }
+    res = tta.evaluate(config, model=model, domains=[ArrayDomain(x, y, "rgb")])
+    stream = make_stream([ArrayDomain(x, y, "rgb")], "iid", 0.1, "reset_each_shift", 10, 0)
+    assert res["methods"][1]["errors"] == tta.score(tta.adapt(model, "tbn"), stream)
+    assert res["methods"][2]["images"] == 40

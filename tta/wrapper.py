@@ -71,6 +71,12 @@ class AdaptedModel(nn.Module):
         # context-bn layers, by name (a plain dict: the modules are registered under self.model)
         self._context_layers = [n for n, m in layers.items() if hasattr(m, "collecting")]
         self._has_context = False
+        if self._context_layers and self.method.episodic:
+            raise TTAError(
+                f"method {method!r} with episodic=True resets to the state right after wrapping "
+                "before every batch, and that state has no context statistics for norm "
+                "'context-bn'; drop episodic (set_context's statistics hold until the next call)"
+            )
         self._initial = self._snapshot()
 
     @property
@@ -100,14 +106,17 @@ class AdaptedModel(nn.Module):
             )
         if x.shape[0] < 1:
             raise TTAError("set_context got no context images (batch of 0)")
-        layers = [self.model.get_submodule(name) for name in self._context_layers]
-        for layer in layers:
-            layer.collecting = True
-        try:
-            self.model(x)
-        finally:
+        # The adapted network and the method's copies of it (teachers, anchors) all normalise
+        # with context statistics, each computed through its own layers.
+        for net in (self.model, *self.method.children()):
+            layers = [m for m in net.modules() if hasattr(m, "collecting")]
             for layer in layers:
-                layer.collecting = False
+                layer.collecting = True
+            try:
+                net(x)
+            finally:
+                for layer in layers:
+                    layer.collecting = False
         self._has_context = True
 
     # -- state -------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ one channel (:func:`input_channels`).
 
 from __future__ import annotations
 
+import functools
 import os
 import zipfile
 import zlib
@@ -279,12 +280,18 @@ def match_channels(x: torch.Tensor, channels: Optional[int]) -> torch.Tensor:
     if channels == 3 and have == 1:
         return x.expand(-1, 3, -1, -1)
     if channels == 1 and have == 3:
-        weights = torch.tensor(LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        return (x * weights).sum(dim=1, keepdim=True)
+        return (x * _luma_weights(x.dtype, x.device)).sum(dim=1, keepdim=True)
     raise TTAError(
         f"the model takes {channels}-channel images but the batch has {have} channels; only "
         "grey (1) and RGB (3) images are converted."
     )
+
+
+@functools.lru_cache(maxsize=16)
+def _luma_weights(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """LUMA as a (1, 3, 1, 1) tensor, made once per dtype and device (a host-to-device copy on
+    every batch would make the loop wait for the GPU)."""
+    return torch.tensor(LUMA, dtype=dtype, device=device).view(1, 3, 1, 1)
 
 
 def input_channels(model: nn.Module) -> Optional[int]:

@@ -45,6 +45,7 @@ from tta._io import folder_lock, json_text, read_json, remove_temp_files, write_
 from tta._runs import MARKER, Input
 from tta.config import build_config
 from tta.data import Domain, make_stream
+from tta.data.arrays import input_channels, match_channels
 from tta.data.loader import read_batches
 from tta.evaluation.device import check_precision, resolve_device
 from tta.evaluation.domains import SeedRun, check_given_domains, seed_domains, source_images
@@ -248,6 +249,8 @@ def evaluate(
             inputs.update(data_inputs)
             num_classes = check_model(model, domains)
         images = source_images(config.data, config.methods, seed)
+        if images is not None:  # the clean split's channels, as the model reads them
+            images = match_channels(images, input_channels(model))
         stream = make_stream(domains, s.order, s.delta, s.schedule, s.batch_size, seed)
         runs.append(SeedRun(seed, seed if config.multi_seed else None, stream, images, contexts))
 

@@ -35,6 +35,7 @@ def check_model(model: torch.nn.Module, domains: list[Domain]) -> Optional[int]:
     if first is None:
         return None
     x, _ = first.get(np.arange(1))
+    x = match_channels(x, input_channels(model))  # as every batch will be
     tensor = next(iter([*model.parameters(), *model.buffers()]), None)
     x = x.to(tensor.device) if tensor is not None else x
     modes = [(m, m.training) for m in model.modules()]

@@ -82,7 +82,8 @@ class CSTU:
             candidates = []
         else:
             counts = [len(c) for c in self.classes]
-            candidates = [k for k, n in enumerate(counts) if n == max(counts)]
+            top = max(counts)
+            candidates = [k for k, n in enumerate(counts) if n == top]
         slot: Optional[int] = None
         best: Optional[tuple[float, int, int]] = None
         for k in candidates:

@@ -159,7 +159,9 @@ class UnMixTNS(AdaptiveNorm):
         # Statistics in float32 also under autocast (bf16/fp16 runs): the components are float32
         # state, and a half-precision matmul would round their update.
         with torch.autocast(x.device.type, enabled=False):
-            inst_mean, inst_var = instance_stats(x)
+            # moments() returns float32 for half inputs; a .half() network keeps half components
+            dtype = self.components.dtype
+            inst_mean, inst_var = (s.to(dtype) for s in instance_stats(x))
             with torch.no_grad():
                 p = self.assignments(inst_mean)
             mean, var = self.mixture_stats(inst_mean, inst_var, p)
