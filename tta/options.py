@@ -43,6 +43,10 @@ def positive(v: Any) -> Optional[str]:
     return None if v > 0 else "must be > 0"
 
 
+def non_negative(v: Any) -> Optional[str]:
+    return None if v >= 0 else "must be >= 0"
+
+
 def at_least_one(v: Any) -> Optional[str]:
     return None if v >= 1 else "must be >= 1"
 

@@ -96,6 +96,8 @@ class Method(nn.Module):
         self.context = context
         self.optimizer: Optional[torch.optim.Optimizer] = None
         self.wants_reset = False  # set by a method that asks the wrapper for a full reset (SAR)
+        # The state of ``random``'s generator, seeded by the run (list it in state_vars to use it)
+        self.rng_state = torch.Generator().manual_seed(context.seed).get_state()
 
     # -- hooks ---------------------------------------------------------------------------------
     @classmethod
@@ -168,11 +170,7 @@ class Method(nn.Module):
         ``reset()`` and a state round trip replay the same draws; the global RNG is untouched.
         """
         gen = torch.Generator()
-        state = getattr(self, "rng_state", None)
-        if state is None:
-            gen.manual_seed(self.context.seed)
-        else:  # .to(device) moves state_vars tensors; a CPU generator takes a CPU state
-            gen.set_state(state.cpu())
+        gen.set_state(self.rng_state.cpu())  # .to(device) moves state_vars tensors
         out = draw(gen)
         self.rng_state = gen.get_state()
         return out

@@ -28,6 +28,7 @@ from torch import nn
 
 from tta.methods.augment import TTAAugment
 from tta.methods.optim import OPTIMIZER_OPTIONS, GradientMethod
+from tta.methods.teacher import ema_, soft_cross_entropy, symmetric_cross_entropy
 from tta.options import Option, at_least_one, in_range
 from tta.registry import register_method
 
@@ -40,10 +41,9 @@ def cotta_loss(
     ``symmetric``: the average of that and the same with the roles swapped (the variant the
     reference benchmark uses for ImageNet); gradients flow into both arguments as given.
     """
-    loss = -(teacher.softmax(1) * student.log_softmax(1)).sum(1)
     if symmetric:
-        loss = 0.5 * loss - 0.5 * (student.softmax(1) * teacher.log_softmax(1)).sum(1)
-    return loss.mean(0)
+        return symmetric_cross_entropy(student, teacher, 0.5).mean(0)
+    return soft_cross_entropy(student, teacher).mean(0)
 
 
 @register_method
@@ -79,7 +79,6 @@ class CoTTA(GradientMethod):
 
     def prepare(self) -> None:
         super().prepare()
-        self.rng_state = torch.Generator().manual_seed(self.context.seed).get_state()
         # Submodules: state_dict() and reset() cover both copies.
         self.anchor = self.copy_network()[0]
         self.teacher = self.copy_network()[0]
@@ -92,22 +91,14 @@ class CoTTA(GradientMethod):
             for n, p in self.model.named_parameters()
             if id(p) in trained and n.rsplit(".", 1)[-1] in ("weight", "bias")
         ]
-        self._augment: dict[int, TTAAugment] = {}
-
-    def augmentation(self, size: int) -> TTAAugment:
-        if size not in self._augment:
-            o = self.hparams
-            self._augment[size] = TTAAugment(
-                size, soft=o["soft_augmentation"], gaussian_std=o["gaussian_std"]
-            )
-        return self._augment[size]
 
     @torch.no_grad()
     def teacher_target(self, x: torch.Tensor) -> torch.Tensor:
         """The teacher's logits, averaged over augmented views when the anchor is unsure."""
         confidence = self.anchor(x).softmax(1).amax(1).mean(0)
         if confidence < self.hparams["ap"]:
-            augment = self.augmentation(x.shape[-1])
+            o = self.hparams
+            augment = TTAAugment(x.shape[-1], o["soft_augmentation"], o["gaussian_std"])
             n = self.hparams["n_augmentations"]
             views = self.random(lambda g: [self.teacher(augment(x, g)) for _ in range(n)])
             return torch.stack(views).mean(0)
@@ -118,9 +109,7 @@ class CoTTA(GradientMethod):
         """θ_t ← m·θ_t + (1 − m)·θ_s for every parameter (the products rounded separately, as
         the reference writes the sum)."""
         m = self.hparams["teacher_momentum"]
-        teacher, student = list(self.teacher.parameters()), list(self.model.parameters())
-        torch._foreach_mul_(teacher, m)
-        torch._foreach_add_(teacher, torch._foreach_mul(student, 1.0 - m))
+        ema_(self.teacher.parameters(), self.model.parameters(), m, 1.0 - m)
 
     @torch.no_grad()
     def stochastic_restore(self) -> None:

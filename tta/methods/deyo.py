@@ -54,7 +54,6 @@ class DeYO(GradientMethod):
 
     def prepare(self) -> None:
         super().prepare()
-        self.rng_state = torch.Generator().manual_seed(self.context.seed).get_state()
 
     def parameters_to_adapt(self) -> list[nn.Parameter]:
         return parameters_below_top_layers(self.norm_layers)

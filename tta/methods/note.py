@@ -47,7 +47,7 @@ import torch
 
 from tta._errors import TTAError
 from tta.methods.base import norm_train_mode
-from tta.methods.optim import OPTIMIZER_OPTIONS, GradientMethod
+from tta.methods.optim import ONE_STEP_OPTIMIZER_OPTIONS, OPTIMIZER_OPTIONS, GradientMethod
 from tta.options import Option, at_least_one
 from tta.registry import register_method
 
@@ -98,7 +98,7 @@ class NOTE(GradientMethod):
     description = "NOTE: IABN plus entropy minimisation on a prediction-balanced reservoir"
     default_norm = "iabn"
     options = {
-        **{k: v for k, v in OPTIMIZER_OPTIONS.items() if k != "steps"},  # one step per update
+        **ONE_STEP_OPTIMIZER_OPTIONS,
         "lr": dataclasses.replace(
             OPTIMIZER_OPTIONS["lr"], default=1e-4, doc="learning rate (NOTE 1e-4; UnMix-TNS 1e-5)"
         ),

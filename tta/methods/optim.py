@@ -58,6 +58,10 @@ def check_optimizer_options(owner: str, given: dict[str, Any], chosen: str, norm
             )
 
 
+#: For methods that take one optimiser step per update of their own (NOTE, RoTTA): no ``steps``.
+ONE_STEP_OPTIMIZER_OPTIONS = {k: v for k, v in OPTIMIZER_OPTIONS.items() if k != "steps"}
+
+
 def build_optimizer(params: list[nn.Parameter], o: dict[str, Any]) -> torch.optim.Optimizer:
     if o["optimizer"] == "adam":
         return torch.optim.Adam(
@@ -102,6 +106,9 @@ class GradientMethod(Method):
     def loss(self, logits: torch.Tensor, x: torch.Tensor) -> Optional[torch.Tensor]:
         raise NotImplementedError
 
+    def after_step(self) -> None:
+        """Called after each optimiser step (ROID's weight ensembling); default: nothing."""
+
     def forward_and_adapt(self, x: torch.Tensor) -> torch.Tensor:
         prediction = None
         with torch.enable_grad():
@@ -114,6 +121,7 @@ class GradientMethod(Method):
                 if loss is not None:
                     loss.backward()
                     self.optimizer.step()
+                    self.after_step()
                 if prediction is None:
                     prediction = logits.detach()
         return prediction

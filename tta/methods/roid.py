@@ -47,6 +47,7 @@ from torch import nn
 
 from tta.methods.augment import TTAAugment
 from tta.methods.optim import OPTIMIZER_OPTIONS, GradientMethod
+from tta.methods.teacher import ema_, symmetric_cross_entropy
 from tta.options import Option, in_range, positive
 from tta.registry import register_method
 
@@ -57,15 +58,6 @@ def soft_likelihood_ratio(
     """Per-sample soft likelihood ratio loss −Σ_c p_c·log(p_c/(1 − p_c) + eps), p ≤ ``clip``."""
     p = logits.softmax(1).clamp(min=0.0, max=clip)
     return -(p * torch.log(p / (1.0 - p) + eps)).sum(1)
-
-
-def symmetric_cross_entropy(
-    x: torch.Tensor, x_ref: torch.Tensor, alpha: float = 0.5
-) -> torch.Tensor:
-    """Per-sample −(1−α)·Σ p_ref·log p_x − α·Σ p_x·log p_ref, both from logits."""
-    cross = (x_ref.softmax(1) * x.log_softmax(1)).sum(1)
-    reverse = (x.softmax(1) * x_ref.log_softmax(1)).sum(1)
-    return -(1 - alpha) * cross - alpha * reverse
 
 
 def _min_max(v: torch.Tensor) -> torch.Tensor:
@@ -139,8 +131,6 @@ class ROID(GradientMethod):
         for i, p in enumerate(params):
             self.register_buffer(f"source_{i}", p.detach().clone())
         self.class_probs: Optional[torch.Tensor] = None  # uniform at the first batch
-        self.rng_state = torch.Generator().manual_seed(self.context.seed).get_state()
-        self._augmenters: dict[int, TTAAugment] = {}
 
     def trained_parameters(self) -> list[nn.Parameter]:
         return [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -150,12 +140,7 @@ class ROID(GradientMethod):
         """MDTTA's ROID view of a batch (square images): CoTTA's augmentation without blur and
         noise, at the batch's image size, its random parameters drawn from the method's
         generator."""
-        size = x.shape[-1]
-        if size not in self._augmenters:
-            self._augmenters[size] = TTAAugment(
-                size, soft=False, cotta_augs=False, padding_mode="reflect"
-            )
-        aug = self._augmenters[size]
+        aug = TTAAugment(x.shape[-1], soft=False, cotta_augs=False, padding_mode="reflect")
         return self.random(lambda g: aug(x, g))
 
     # -- one batch ---------------------------------------------------------------------------
@@ -189,22 +174,15 @@ class ROID(GradientMethod):
     def ensemble_with_source(self) -> None:
         """θ ← m·θ + (1 − m)·θ_source for every trained parameter (the authors' update)."""
         m = self.hparams["momentum_src"]
-        for i, p in enumerate(self.trained_parameters()):
-            p.copy_(m * p + (1 - m) * getattr(self, f"source_{i}"))
+        params = self.trained_parameters()
+        ema_(params, (getattr(self, f"source_{i}") for i in range(len(params))), m, 1 - m)
+
+    def after_step(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.ensemble_with_source()
 
     def forward_and_adapt(self, x: torch.Tensor) -> torch.Tensor:
-        prediction = None
-        for _ in range(self.hparams["steps"]):
-            with torch.enable_grad():
-                logits = self.model(x)
-                loss = self.loss(logits, x)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-            self.ensemble_with_source()
-            if prediction is None:
-                prediction = logits.detach()
+        prediction = super().forward_and_adapt(x)
         if self.hparams["use_prior_correction"]:
             prediction = prior_correction(prediction)
         return prediction

@@ -28,23 +28,21 @@ which update on every forward (prediction and memory forwards), and their affine
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 
 from tta._errors import TTAError
-from tta.methods.base import Method, norm_train_mode
-from tta.methods.optim import OPTIMIZER_OPTIONS, build_optimizer
+from tta.methods.augment import TTAAugment
+from tta.methods.base import norm_train_mode
+from tta.methods.optim import ONE_STEP_OPTIMIZER_OPTIONS, GradientMethod
+from tta.methods.teacher import ema_, soft_cross_entropy
 from tta.norms.rbn import RobustBatchNorm
-from tta.options import Option, at_least_one, in_range
+from tta.options import Option, at_least_one, in_range, non_negative
 from tta.registry import register_method
 
 # Added to the probabilities inside the log of the uncertainty, as in the authors' code.
 _LOG_EPS = 1e-6
-
-
-def _non_negative(v: Any) -> Optional[str]:
-    return None if v >= 0 else "must be >= 0"
 
 
 class CSTU:
@@ -117,46 +115,36 @@ def timeliness_weights(ages: torch.Tensor) -> torch.Tensor:
 
 def memory_loss(student: torch.Tensor, teacher: torch.Tensor, ages: torch.Tensor) -> torch.Tensor:
     """Mean over the memory of w(a)·(−Σ softmax(teacher)·log_softmax(student))."""
-    ce = -(teacher.softmax(1) * student.log_softmax(1)).sum(1)
-    return (ce * timeliness_weights(ages)).mean()
+    return (soft_cross_entropy(student, teacher) * timeliness_weights(ages)).mean()
 
 
 @register_method
-class RoTTA(Method):
+class RoTTA(GradientMethod):
     name = "rotta"
     description = "RoTTA: EMA teacher, category-balanced memory of test samples, robust BN"
     default_norm = "rbn"
     options = {
-        **{k: v for k, v in OPTIMIZER_OPTIONS.items() if k != "steps"},
+        **ONE_STEP_OPTIMIZER_OPTIONS,
         "memory_size": Option(64, int, "N, samples the memory holds", at_least_one),
         "update_every": Option(64, int, "samples between two updates", at_least_one),
         "nu": Option(0.001, float, "teacher EMA rate ν", in_range(0.0, 1.0)),
-        "lambda_t": Option(1.0, float, "weight λ_t of the age in the memory score", _non_negative),
+        "lambda_t": Option(1.0, float, "weight λ_t of the age in the memory score", non_negative),
         "lambda_u": Option(
-            1.0, float, "weight λ_u of the uncertainty in the memory score", _non_negative
+            1.0, float, "weight λ_u of the uncertainty in the memory score", non_negative
         ),
     }
     state_vars = ("memory", "memory_images", "seen", "rng_state")
 
     def prepare(self) -> None:
-        params = self.norm_parameters()
-        if not params:
-            raise TTAError(
-                "method 'rotta' trains the BatchNorm affine parameters, but no BatchNorm layer of "
-                "this model has any (affine=False everywhere)"
-            )
+        super().prepare()  # γ, β of the norm layers and their optimiser
         for layer in self.norm_layers.values():
             if isinstance(layer, RobustBatchNorm):
                 layer.update_in_eval = False
         self.teacher, teacher_layers = self.copy_network()
         object.__setattr__(self, "teacher_layers", teacher_layers)
-        for p in params:
-            p.requires_grad_(True)
-        self.optimizer = build_optimizer(params, self.hparams)
         self.memory: Optional[list[list[list]]] = None  # CSTU.classes, made at the first batch
         self.memory_images: Optional[torch.Tensor] = None  # (N, C, H, W), rows = CSTU slots
         self.seen = 0  # test samples so far: an update after every update_every-th
-        self.rng_state = torch.Generator().manual_seed(self.context.seed).get_state()
 
     def cstu(self) -> CSTU:
         o = self.hparams
@@ -164,8 +152,6 @@ class RoTTA(Method):
 
     def strong_augment(self, x: torch.Tensor) -> torch.Tensor:
         """The student's view of the memory: CoTTA's augmentation, drawn from the method's RNG."""
-        from tta.methods.augment import TTAAugment
-
         augment = TTAAugment(x.shape[-2])
         return self.random(lambda g: augment(x, g))
 
@@ -241,6 +227,4 @@ class RoTTA(Method):
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         nu = self.hparams["nu"]
-        with torch.no_grad():
-            for t, s in zip(self.teacher.parameters(), self.model.parameters()):
-                t.copy_((1.0 - nu) * t + nu * s)
+        ema_(self.teacher.parameters(), self.model.parameters(), 1.0 - nu, nu)

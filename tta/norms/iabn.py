@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from tta.norms.base import AdaptiveNorm, batch_stats, instance_stats
-from tta.options import Option, in_range
+from tta.options import Option, in_range, non_negative
 from tta.registry import NormMethod, register_norm
 
 
@@ -94,10 +94,6 @@ class InstanceAwareBatchNorm(AdaptiveNorm):
         return f"{super().extra_repr()}, k={self.k}, momentum={self.momentum}"
 
 
-def _non_negative(v: float):
-    return None if v >= 0 else "must be >= 0"
-
-
 register_norm(
     NormMethod(
         name="iabn",
@@ -105,7 +101,7 @@ register_norm(
         description="IABN (NOTE): instance statistics soft-shrunk towards the running statistics",
         options={
             # NOTE's tta.sh runs iabn_k=4; the UnMix-TNS authors' convert_iabn fixes k=4.
-            "k": Option(4.0, float, "shrinkage threshold in standard errors", _non_negative),
+            "k": Option(4.0, float, "shrinkage threshold in standard errors", non_negative),
             # NOTE's tta.sh: bn_momentum=0.01 (read only by train-mode forwards, i.e. NOTE's).
             "momentum": Option(
                 0.01, float, "running-statistics update rate in train mode", in_range(0, 1)
