@@ -10,12 +10,22 @@ All images here are float tensors (B, C, H, W). Border modes use scipy's names:
 from __future__ import annotations
 
 import math
-from functools import cache
-from typing import Optional, Sequence, Union
+from functools import lru_cache
+from typing import Sequence, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+# Bounds of the caches keyed on an image side (``corrupt`` accepts any size, so a long run over
+# images of many sizes would otherwise keep every matrix it ever built). One image size under one
+# table needs at most 10 blur matrices (elastic transform: the severities whose sigma is wider than
+# MATRIX_RADIUS, two axes each), 10 snow zoom matrices (five zooms x two axes) and 124 zoom-blur tap
+# sets (the imagenet table's 62 zoom factors x two axes). A dense matrix of side n holds 8 n^2 bytes
+# (1.3 MB at 400 pixels), a tap set 24 n bytes.
+BLUR_MATRICES = 32
+ZOOM_MATRICES = 32
+ZOOM_TAPS = 512
 
 # Added before truncating to uint8 so that values a float32 rounding error below an integer level
 # (measured at most about 5e-5 of a level) still land on k. Kept this small so that values truly
@@ -100,7 +110,7 @@ def separable(
 MATRIX_RADIUS = 32
 
 
-@cache
+@lru_cache(maxsize=BLUR_MATRICES)
 def blur_matrix(n: int, sigma: float, mode: str, truncate: float) -> torch.Tensor:
     """The 1-D Gaussian filter of an axis of length n as a matrix (border ``mode`` folded in):
     row i holds the weight every input pixel gets in output pixel i."""
@@ -207,7 +217,7 @@ def from_pixels(p: torch.Tensor, b: int, h: int, w: int) -> torch.Tensor:
     return p.view(b, h, w, -1).permute(0, 3, 1, 2).contiguous()
 
 
-@cache
+@lru_cache(maxsize=ZOOM_MATRICES)
 def zoom_matrix(n: int, zoom: float) -> np.ndarray:
     """The 1-D linear map of the reference ``clipped_zoom`` for one axis of length n.
 
@@ -230,24 +240,33 @@ def zoom_matrix(n: int, zoom: float) -> np.ndarray:
     return full[trim : trim + n]
 
 
-def apply_rows_cols(
-    x: torch.Tensor, m_rows: torch.Tensor, m_cols: Optional[torch.Tensor] = None
-) -> torch.Tensor:
-    """Linear maps along both spatial axes: M_rows X M_cols^T for every channel (M_cols defaults
-    to M_rows, for square images)."""
-    m_rows = m_rows.to(x)
-    m_cols = m_rows if m_cols is None else m_cols.to(x)
+def apply_rows_cols(x: torch.Tensor, m_rows: torch.Tensor, m_cols: torch.Tensor) -> torch.Tensor:
+    """Linear maps along both spatial axes: M_rows X M_cols^T for every channel."""
+    m_rows, m_cols = m_rows.to(x), m_cols.to(x)
     return torch.einsum("ih,bchw,jw->bcij", m_rows, x, m_cols)
 
 
-@cache
+@lru_cache(maxsize=ZOOM_TAPS)
 def zoom_taps(n: int, zoom: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`zoom_matrix` as its two taps per output pixel: indices i0, i1 and weight t of i1
-    (every row of that matrix is a linear interpolation between two neighbours)."""
-    m = zoom_matrix(n, zoom)
-    i0 = np.argmax(m != 0, axis=1)
+    (every row of that matrix is a linear interpolation between two neighbours), computed from the
+    same sample positions without building the n x n matrix.
+
+    Row o of the matrix has 1 - t at i0 = top + min(floor(pos), ch - 1) (its first non-zero
+    entry, as t < 1) and t at i0 + 1 when floor(pos) + 1 < ch; past the crop (a position rounded
+    onto its last pixel) the second tap is absent and its weight here is 0.
+    """
+    ch = int(np.ceil(n / zoom))
+    top = (n - ch) // 2
+    out_len = int(round(ch * zoom))
+    step = (ch - 1) / (out_len - 1) if out_len > 1 else 1.0
+    trim = (out_len - n) // 2
+    pos = np.arange(trim, trim + n, dtype=np.float64) * step
+    base = np.floor(pos).astype(np.int64)
+    frac = pos - base
+    i0 = top + np.minimum(base, ch - 1)
     i1 = np.minimum(i0 + 1, n - 1)
-    t = np.where(i1 != i0, m[np.arange(n), i1], 0.0)
+    t = np.where((i1 != i0) & (base + 1 < ch), frac, 0.0)
     return torch.from_numpy(i0), torch.from_numpy(i1), torch.from_numpy(t)
 
 

@@ -269,7 +269,7 @@ def _run(fn: Fn, images: Images, s: Setting, gen: torch.Generator, exact: bool) 
         y = fn(x, s, Draw(gen, x.device)).clamp(0, 1)
         if isinstance(block, np.ndarray):
             # truncation: the cast rounds toward zero, which is floor for non-negative values
-            eps = 0.0 if y.dtype == torch.float64 else TRUNC_EPS
+            eps = 0.0 if exact else TRUNC_EPS
             levels = y.mul_(255.0).add_(eps).to(torch.uint8)
             out[start : start + step] = levels.permute(0, 2, 3, 1).numpy()
         else:

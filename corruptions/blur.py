@@ -3,7 +3,7 @@ Gaussian blur, each batched over the images, at any image size."""
 
 from __future__ import annotations
 
-from functools import cache
+from functools import cache, lru_cache
 
 import numpy as np
 import torch
@@ -25,6 +25,10 @@ from corruptions.params import Setting
 # Images up to this many pixels get zoom blur as one dense (HW x HW) matrix product; larger ones
 # gather two neighbours per pixel and zoom factor (the dense matrix would grow as (HW)^2).
 DENSE_ZOOM_PIXELS = 32 * 32
+
+# Dense zoom-blur matrices kept (each up to (32*32)^2 float32, 4 MB): the five severities of a
+# size under all three tables.
+ZOOM_BLUR_MATRICES = 16
 
 
 @cache
@@ -89,9 +93,8 @@ def glass_sources(dy: torch.Tensor, dx: torch.Tensor, h: int, w: int, delta: int
     rows = torch.arange(h, device=dev).view(1, h, 1).expand(b, h, w).clone()
     cols = torch.arange(w, device=dev).view(1, 1, w).expand(b, h, w).clone()
     walked = (slice(None), slice(delta + 1, h - delta + 1), slice(delta + 1, w - delta + 1))
-    n_rows, n_cols = rows[walked].shape[1:]
-    rows[walked] += dy[:, :n_rows, :n_cols]
-    cols[walked] += dx[:, :n_rows, :n_cols]
+    rows[walked] += dy
+    cols[walked] += dx
     src = (rows * w + cols).view(b, h * w)
     here = torch.arange(h * w, device=dev).view(1, -1)
     inside = torch.zeros((h, w), dtype=torch.bool, device=dev)
@@ -139,7 +142,7 @@ def motion_blur(x: torch.Tensor, s: Setting, draw: Draw) -> torch.Tensor:
     return round_levels(_ops.motion_blur(x, radius, sigma, angle)) / 255.0
 
 
-@cache
+@lru_cache(maxsize=ZOOM_BLUR_MATRICES)
 def zoom_blur_matrix(factors: tuple[float, ...], h: int, w: int) -> torch.Tensor:
     """(h*w, h*w) map: the mean of the image and each of its centre-zoomed copies."""
     total = np.eye(h * w)

@@ -15,6 +15,7 @@ import importlib.metadata
 import math
 import os
 from functools import lru_cache
+from typing import Optional
 
 import numpy as np
 import torch
@@ -131,37 +132,47 @@ def enlarge_cubic(image: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
 
 @lru_cache(maxsize=3)
 def scaled(scale: float) -> tuple[np.ndarray, ...]:
-    """The five textures at one table's scale: 0.2 (CIFAR-10-C), 0.3 (Tiny-ImageNet-C) or 1.
+    """The five textures at one table's scale: 0.2 (CIFAR-10-C), 0.3 (Tiny-ImageNet-C) or 1."""
+    return tuple(full if scale == 1.0 else shrink_linear(full, scale) for full in originals())
 
-    At 0.2 OpenCV's bilinear shrink samples input pixel 5d + 2 exactly, a plain subsampling.
-    """
-    out = []
-    for full in originals():
-        if scale == 1.0:
-            out.append(full)
-        elif scale == 0.2:
-            h, w = int(round(full.shape[0] * 0.2)), int(round(full.shape[1] * 0.2))
-            out.append(full[2::5, 2::5][:h, :w])
-        else:
-            out.append(shrink_linear(full, scale))
-    return tuple(out)
+
+def fitted_shape(shape: tuple[int, ...], h: int, w: int) -> Optional[tuple[int, int]]:
+    """None when a texture of ``shape`` is larger than h x w (used as it is), else the size it is
+    enlarged to: ceil(side * 1.1 * max(h / th, w / tw)) (``imagecorruptions``' rule)."""
+    th, tw = shape[:2]
+    if th > h and tw > w:
+        return None
+    factor = 1.1 * max(h / th, w / tw, 1.0)
+    return int(math.ceil(th * factor)), int(math.ceil(tw * factor))
 
 
 def fit(texture: np.ndarray, h: int, w: int) -> np.ndarray:
     """``texture`` as it is when it is larger than h x w, else enlarged bicubically to
-    ceil(side * 1.1 * max(h / th, w / tw)) (``imagecorruptions``' rule for small textures)."""
-    th, tw = texture.shape[:2]
-    if th > h and tw > w:
-        return texture
-    factor = 1.1 * max(h / th, w / tw, 1.0)
-    return enlarge_cubic(texture, int(math.ceil(th * factor)), int(math.ceil(tw * factor)))
+    :func:`fitted_shape`."""
+    size = fitted_shape(texture.shape, h, w)
+    return texture if size is None else enlarge_cubic(texture, *size)
 
 
-@lru_cache(maxsize=8)
 def textures(scale: float = 0.2, h: int = 32, w: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     """The five textures for h x w images at a table's ``scale``, zero-padded into one uint8
-    tensor (5, Hmax, Wmax, 3), and their true sizes (5, 2) as (height, width)."""
-    arrays = [fit(t, h, w) for t in scaled(scale)]
+    tensor (5, Hmax, Wmax, 3), and their true sizes (5, 2) as (height, width).
+
+    Cached by the fitted texture sizes, not by h x w: every image size that all textures exceed
+    (each size up to the smallest texture) shares one entry.
+    """
+    shapes = tuple(fitted_shape(t.shape, h, w) for t in scaled(scale))
+    return _stacked(scale, shapes)
+
+
+@lru_cache(maxsize=4)
+def _stacked(
+    scale: float, shapes: tuple[Optional[tuple[int, int]], ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`textures` for the five textures at ``scale`` used as they are (None) or enlarged to
+    the given (height, width)."""
+    arrays = [
+        t if size is None else enlarge_cubic(t, *size) for t, size in zip(scaled(scale), shapes)
+    ]
     hmax = max(a.shape[0] for a in arrays)
     wmax = max(a.shape[1] for a in arrays)
     stacked = np.zeros((len(arrays), hmax, wmax, 3), dtype=np.uint8)
@@ -173,5 +184,5 @@ def textures(scale: float = 0.2, h: int = 32, w: int = 32) -> tuple[torch.Tensor
 
 def clear_cache() -> None:
     """Forget every texture read or resized so far (the next frost call reads the files again)."""
-    for cached in (originals, scaled, textures):
+    for cached in (originals, scaled, _stacked):
         cached.cache_clear()

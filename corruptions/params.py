@@ -179,9 +179,6 @@ TABLES: dict[str, Table] = {
 #: The choices of ``corrupt(..., params=...)``.
 PARAM_CHOICES = ("auto", *TABLES)
 
-# Image sizes that have a table of their own (square, side in pixels).
-SIZES = tuple(t.native for t in TABLES.values())
-
 
 def table_for(h: int, w: int, choice: str = "auto") -> Table:
     """The table ``corrupt`` uses: ``choice`` itself, or with "auto" the table made for an h x w

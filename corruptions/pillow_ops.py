@@ -5,13 +5,15 @@ Pixelate is reproduced bit for bit as fixed linear maps on small images: Pillow 
 passes (horizontal, then vertical), each with 22-bit fixed-point weights and rounding to uint8; from
 64x64 on it calls Pillow per image instead (the dense maps grow as side^3 per image). JPEG uses
 Pillow itself (libjpeg, default 4:2:0 chroma subsampling), one image at a time: that is the codec.
-Float inputs are first rounded to uint8 levels, as the reference only ever sees uint8 images.
+Float inputs are first rounded to uint8 levels, as the reference only ever sees uint8 images, and
+go through the same uint8 functions (on the CPU).
 """
 
 from __future__ import annotations
 
 import io
-from functools import cache
+from functools import lru_cache
+from typing import Callable
 
 import numpy as np
 import torch
@@ -22,8 +24,12 @@ from corruptions.params import Setting
 
 _BITS = 22  # Pillow's PRECISION_BITS for 8-bit images: 32 - 8 - 2
 
+# BOX weight matrices kept (keyed on input and output side; below ``PILLOW_PIXELS`` a side is at
+# most 255, a matrix at most 0.5 MB): both axes of all five severities for a few image sizes.
+BOX_WEIGHTS = 64
 
-@cache
+
+@lru_cache(maxsize=BOX_WEIGHTS)
 def box_weights(in_size: int, out_size: int) -> np.ndarray:
     """Pillow's BOX-filter resampling weights as integers (out_size, in_size), summing to ~2^22.
 
@@ -79,6 +85,16 @@ def to_levels(x: torch.Tensor) -> torch.Tensor:
 # cost O(side^3) per image, Pillow's banded filter O(side^2).
 PILLOW_PIXELS = 64 * 64
 
+Uint8Fn = Callable[[np.ndarray, Setting], np.ndarray]
+
+
+def _via_uint8(fn: Uint8Fn, x: torch.Tensor, s: Setting) -> torch.Tensor:
+    """Run a uint8 (B, H, W, 3) corruption on float images (B, 3, H, W): rounded to uint8 levels
+    first (the reference only ever sees uint8 images), back to x's device and dtype in [0, 1]."""
+    levels = to_levels(x).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    out = torch.from_numpy(fn(levels, s)).permute(0, 3, 1, 2)
+    return out.to(device=x.device, dtype=x.dtype) / 255.0
+
 
 def pixelate_pillow(levels: np.ndarray, small: tuple[int, int]) -> np.ndarray:
     """BOX-resize uint8 images (B, H, W, 3) to ``small`` (w, h) and back with Pillow itself."""
@@ -90,33 +106,10 @@ def pixelate_pillow(levels: np.ndarray, small: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def pixelate(x: torch.Tensor, s: Setting, draw: Draw) -> torch.Tensor:
-    """BOX-downsample to int(H c) x int(W c) pixels and BOX-upsample back (Pillow, uint8), as the
-    references do with their own side (int(32 c), int(64 c), int(224 c))."""
-    c = s.value
-    h, w = x.shape[-2:]
-    if h * w >= PILLOW_PIXELS:
-        levels = to_levels(x).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        out = torch.from_numpy(pixelate_pillow(levels, (int(w * c), int(h * c))))
-        return out.permute(0, 3, 1, 2).to(device=x.device, dtype=x.dtype) / 255.0
-    small = box_resize_levels(to_levels(x), int(h * c), int(w * c))
-    return (box_resize_levels(small, h, w) / 255.0).to(x.dtype)
-
-
-def jpeg_levels(levels: np.ndarray, quality: int) -> np.ndarray:
-    """Encode and decode uint8 images (B, H, W, 3) with Pillow's JPEG codec at ``quality``."""
-    out = np.empty_like(levels)
-    for i in range(levels.shape[0]):
-        buf = io.BytesIO()
-        Image.fromarray(levels[i]).save(buf, format="JPEG", quality=quality)
-        buf.seek(0)
-        with Image.open(buf) as im:
-            out[i] = np.asarray(im.convert("RGB"))
-    return out
-
-
 def pixelate_uint8(levels: np.ndarray, s: Setting) -> np.ndarray:
-    """:func:`pixelate` of uint8 images (B, H, W, 3), without the trip through floats."""
+    """BOX-downsample uint8 images (B, H, W, 3) to int(H c) x int(W c) pixels and BOX-upsample
+    back (Pillow, uint8), as the references do with their own side (int(32 c), int(64 c),
+    int(224 c)): Pillow itself from ``PILLOW_PIXELS`` on, its exact fixed-point maps below."""
     c = s.value
     h, w = levels.shape[1:3]
     if h * w >= PILLOW_PIXELS:
@@ -128,17 +121,27 @@ def pixelate_uint8(levels: np.ndarray, s: Setting) -> np.ndarray:
 
 
 def jpeg_uint8(levels: np.ndarray, s: Setting) -> np.ndarray:
-    """:func:`jpeg_compression` of uint8 images (B, H, W, 3), without the trip through floats."""
-    return jpeg_levels(levels, s.value)
+    """Encode and decode uint8 images (B, H, W, 3) with Pillow's JPEG codec at the table's
+    quality, one image at a time."""
+    out = np.empty_like(levels)
+    for i in range(levels.shape[0]):
+        buf = io.BytesIO()
+        Image.fromarray(levels[i]).save(buf, format="JPEG", quality=s.value)
+        buf.seek(0)
+        with Image.open(buf) as im:
+            out[i] = np.asarray(im.convert("RGB"))
+    return out
 
 
-#: uint8 (B, H, W, 3) versions, used for uint8 input (same result as the float path truncated).
-UINT8 = {"pixelate": pixelate_uint8, "jpeg_compression": jpeg_uint8}
+#: uint8 (B, H, W, 3) versions, used directly for uint8 input (float input goes through them too).
+UINT8: dict[str, Uint8Fn] = {"pixelate": pixelate_uint8, "jpeg_compression": jpeg_uint8}
+
+
+def pixelate(x: torch.Tensor, s: Setting, draw: Draw) -> torch.Tensor:
+    """:func:`pixelate_uint8` of float images, rounded to uint8 levels first."""
+    return _via_uint8(pixelate_uint8, x, s)
 
 
 def jpeg_compression(x: torch.Tensor, s: Setting, draw: Draw) -> torch.Tensor:
-    """JPEG at the table's quality, per image through Pillow."""
-    quality = s.value
-    levels = to_levels(x).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    out = torch.from_numpy(jpeg_levels(levels, quality)).permute(0, 3, 1, 2)
-    return out.to(device=x.device, dtype=x.dtype) / 255.0
+    """:func:`jpeg_uint8` of float images, rounded to uint8 levels first."""
+    return _via_uint8(jpeg_uint8, x, s)

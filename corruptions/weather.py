@@ -34,8 +34,7 @@ def snow(x: torch.Tensor, s: Setting, draw: Draw) -> torch.Tensor:
     b, _, h, w = x.shape
     layer = mean + std * draw.randn((b, 1, h, w))
     if zoom != 1:
-        m_rows = torch.from_numpy(zoom_matrix(h, float(zoom)))
-        m_cols = m_rows if w == h else torch.from_numpy(zoom_matrix(w, float(zoom)))
+        m_rows, m_cols = (torch.from_numpy(zoom_matrix(n, float(zoom))) for n in (h, w))
         layer = apply_rows_cols(layer, m_rows, m_cols)
     layer = torch.where(layer < thresh, torch.zeros_like(layer), layer)
     # the reference stores the layer as an 8-bit PNG (truncated) and reads the blur back rounded

@@ -4,28 +4,31 @@ literal loops of the reference code), and the random ones' building blocks."""
 from __future__ import annotations
 
 import colorsys
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from scipy import ndimage, signal
+from scipy import ndimage
 
 import corruptions
 from corruptions import blur, geometric, spatter, weather
 from corruptions._ops import Draw, motion_blur
 from corruptions.params import params, setting
 
-
-def _uint8_images(n: int = 6, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    coarse = rng.random((n, 8, 8, 3))
-    smooth = ndimage.zoom(coarse, (1, 4, 4, 1), order=1)
-    return np.clip((0.8 * smooth + 0.2 * rng.random((n, 32, 32, 3))) * 255, 0, 255).astype(np.uint8)
-
-
-def _float(u: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(u).permute(0, 3, 1, 2).float() / 255.0
+sys.path.insert(0, str(Path(__file__).parent))
+from _corruption_refs import (  # noqa: E402
+    Recorder,
+    clipped_zoom,
+    disk,
+    glass_loop,
+    motion_blur_loop,
+    plasma_loop,
+    to_float,
+    uint8_images,
+)
 
 
 def _trunc(a: np.ndarray) -> np.ndarray:
@@ -34,12 +37,12 @@ def _trunc(a: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("severity", range(1, 6))
 def test_contrast_matches_formula(severity):
-    u = _uint8_images()
+    u = uint8_images()
     x = u / 255.0
     mean = x.mean(axis=(1, 2), keepdims=True)
     c = params("contrast", severity)
     ref = np.clip((x - mean) * c + mean, 0, 1)
-    out = corruptions.corrupt(_float(u), "contrast", severity).permute(0, 2, 3, 1).numpy()
+    out = corruptions.corrupt(to_float(u), "contrast", severity).permute(0, 2, 3, 1).numpy()
     np.testing.assert_allclose(out, ref, atol=1e-6)
     levels = corruptions.corrupt(u, "contrast", severity).astype(int)
     assert np.abs(levels - np.uint8(ref * 255).astype(int)).max() <= 1
@@ -64,19 +67,19 @@ def _with_grey_pixels(u: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("severity", [1, 5])
 def test_brightness_matches_hsv_round_trip(severity):
-    u = _with_grey_pixels(_uint8_images())
+    u = _with_grey_pixels(uint8_images())
     c = params("brightness", severity)
     ref = _hsv_reference(u, 2, lambda v: min(max(v + c, 0.0), 1.0))
-    out = corruptions.corrupt(_float(u), "brightness", severity).permute(0, 2, 3, 1).numpy()
+    out = corruptions.corrupt(to_float(u), "brightness", severity).permute(0, 2, 3, 1).numpy()
     np.testing.assert_allclose(out, ref, atol=1e-5)
 
 
 @pytest.mark.parametrize("severity", [1, 3, 5])
 def test_saturate_matches_hsv_round_trip(severity):
-    u = _with_grey_pixels(_uint8_images())
+    u = _with_grey_pixels(uint8_images())
     a, b = params("saturate", severity)
     ref = _hsv_reference(u, 1, lambda s: min(max(s * a + b, 0.0), 1.0))
-    out = corruptions.corrupt(_float(u), "saturate", severity).permute(0, 2, 3, 1).numpy()
+    out = corruptions.corrupt(to_float(u), "saturate", severity).permute(0, 2, 3, 1).numpy()
     np.testing.assert_allclose(out, ref, atol=1e-5)
 
 
@@ -99,7 +102,7 @@ def test_pixelate_is_bit_exact_with_pillow(severity):
 def test_jpeg_matches_pillow(severity):
     import io
 
-    u = _uint8_images(3)
+    u = uint8_images(3)
     ref = []
     for a in u:
         buf = io.BytesIO()
@@ -110,64 +113,45 @@ def test_jpeg_matches_pillow(severity):
     )
 
 
-def _clipped_zoom_scipy(img: np.ndarray, z: float) -> np.ndarray:
-    h = img.shape[0]
-    ch = int(np.ceil(h / z))
-    top = (h - ch) // 2
-    out = ndimage.zoom(img[top : top + ch, top : top + ch], (z, z, 1), order=1)
-    trim = (out.shape[0] - h) // 2
-    return out[trim : trim + h, trim : trim + h]
-
-
 @pytest.mark.parametrize("severity", [1, 2, 5])
 def test_zoom_blur_matches_scipy_zoom(severity):
-    u = _uint8_images(2)
+    u = uint8_images(2)
     ref = []
     for a in u / 255.0:
         factors = np.arange(1, [1.06, 1.11, 1.16, 1.21, 1.26][severity - 1], 0.01)
-        acc = a + sum(_clipped_zoom_scipy(a, z) for z in factors)
+        acc = a + sum(clipped_zoom(a, z) for z in factors)
         ref.append(np.clip(acc / (len(factors) + 1), 0, 1))
-    out = corruptions.corrupt(_float(u), "zoom_blur", severity).permute(0, 2, 3, 1).numpy()
+    out = corruptions.corrupt(to_float(u), "zoom_blur", severity).permute(0, 2, 3, 1).numpy()
     np.testing.assert_allclose(out, np.stack(ref), atol=2e-6)
-
-
-def _disk_kernel(radius: float, alias: float) -> np.ndarray:
-    grid = np.arange(-8, 9)
-    xx, yy = np.meshgrid(grid, grid)
-    disk = ((xx**2 + yy**2) <= radius**2).astype(np.float64)
-    disk /= disk.sum()
-    g = np.exp(-np.array([1.0, 0.0, 1.0]) / (2 * alias**2))
-    g /= g.sum()
-    return signal.convolve2d(disk, np.outer(g, g), mode="same")
 
 
 @pytest.mark.parametrize("severity", range(1, 6))
 def test_defocus_matches_disk_plus_gaussian(severity):
     radius, alias = params("defocus_blur", severity)
-    full = _disk_kernel(radius, alias)
+    full = disk(radius, alias)
     k = blur.defocus_kernel(radius, alias).double().numpy()
     r = k.shape[0] // 2
     np.testing.assert_allclose(k, full[8 - r : 9 + r, 8 - r : 9 + r], atol=1e-7)
     assert np.abs(full).sum() == pytest.approx(np.abs(k).sum(), abs=1e-6)  # nothing cropped away
-    u = _uint8_images(2)
+    u = uint8_images(2)
     ref = np.stack(
         [
             np.stack([ndimage.correlate(a[..., ch], full, mode="mirror") for ch in range(3)], -1)
             for a in u / 255.0
         ]
     )
-    out = corruptions.corrupt(_float(u), "defocus_blur", severity).permute(0, 2, 3, 1).numpy()
+    out = corruptions.corrupt(to_float(u), "defocus_blur", severity).permute(0, 2, 3, 1).numpy()
     np.testing.assert_allclose(out, np.clip(ref, 0, 1), atol=2e-6)
 
 
 @pytest.mark.parametrize("severity", [1, 5])
 def test_gaussian_blur_matches_scipy(severity):
-    u = _uint8_images(2)
+    u = uint8_images(2)
     sigma = params("gaussian_blur", severity)
     ref = ndimage.gaussian_filter(
         u / 255.0, sigma=(0, sigma, sigma, 0), mode="nearest", truncate=4.0
     )
-    out = corruptions.corrupt(_float(u), "gaussian_blur", severity).permute(0, 2, 3, 1).numpy()
+    out = corruptions.corrupt(to_float(u), "gaussian_blur", severity).permute(0, 2, 3, 1).numpy()
     np.testing.assert_allclose(out, ref, atol=2e-6)
 
 
@@ -176,11 +160,7 @@ def test_glass_gather_equals_reference_swap_loop():
     img = rng.integers(0, 256, (32, 32, 3)).astype(np.uint8)
     dy = rng.integers(-1, 1, (30, 30))
     dx = rng.integers(-1, 1, (30, 30))
-    ref = img.copy()
-    for h in range(31, 1, -1):  # the reference's loop and its tuple "swap" on numpy views
-        for w in range(31, 1, -1):
-            hp, wp = h + dy[h - 2, w - 2], w + dx[h - 2, w - 2]
-            ref[h, w], ref[hp, wp] = ref[hp, wp], ref[h, w]
+    ref = glass_loop(img, dy, dx, 1)
     x = torch.from_numpy(img).permute(2, 0, 1)[None].float()
     out = blur.glass_shuffle(x, torch.from_numpy(dy)[None], torch.from_numpy(dx)[None])
     np.testing.assert_array_equal(out[0].permute(1, 2, 0).numpy().astype(np.uint8), ref)
@@ -191,25 +171,14 @@ def test_motion_blur_matches_per_pixel_loop():
     img = rng.random((2, 1, 12, 12))
     angles = np.array([30.0, -100.0])
     radius, sigma = 3, 1.5
-    width = 2 * 3 + 1
-    k = np.exp(-(np.arange(width) ** 2) / (2 * sigma**2))
-    k /= k.sum()
-    ref = np.zeros_like(img)
-    for b, ang in enumerate(angles):
-        t = np.deg2rad(ang)
-        for y in range(12):
-            for x in range(12):
-                for i in range(width):
-                    sx = min(max(x + int(np.ceil(i * np.cos(t) - 0.5)), 0), 11)
-                    sy = min(max(y + int(np.ceil(i * np.sin(t) - 0.5)), 0), 11)
-                    ref[b, 0, y, x] += k[i] * img[b, 0, sy, sx]
+    ref = motion_blur_loop(img, angles, radius, sigma)
     out = motion_blur(torch.from_numpy(img), radius, sigma, torch.from_numpy(angles))
     np.testing.assert_allclose(out.numpy(), ref, atol=1e-12)
 
 
 def test_elastic_resampling_matches_scipy():
-    u = _uint8_images(2)
-    x = _float(u).double()
+    u = uint8_images(2)
+    x = to_float(u).double()
     draw = Draw(torch.Generator().manual_seed(0), torch.device("cpu"))
     inv, dx, dy = geometric.elastic_fields(2, 32, 32, setting("elastic_transform", 4), draw)
     # the inverse maps take the jittered control points back to the originals
@@ -240,46 +209,11 @@ def test_elastic_inverse_affine_maps_points_back():
     torch.testing.assert_close(back, src, atol=1e-10, rtol=0)
 
 
-class _Recorder(Draw):
-    def __init__(self):
-        super().__init__(torch.Generator().manual_seed(3), torch.device("cpu"))
-        self.record = []
-
-    def rand(self, shape):
-        out = super().rand(shape)
-        self.record.append(out.double().numpy().copy())
-        return out
-
-
 def test_plasma_fractal_matches_reference_loop():
-    rec = _Recorder()
+    rec = Recorder()
     ours = weather.plasma_fractal(1, 32, 2.5, rec)[0].numpy()
-    draws = iter(rec.record)
-    a = np.zeros((32, 32))
-    step, wibble = 32, 100.0
-
-    def wibbled(arr):
-        u = next(draws)[0]  # the same uniforms, in the reference's call order
-        return arr / 4 + wibble * (-wibble + 2 * wibble * u)
-
-    while step >= 2:
-        half = step // 2
-        c = a[0:32:step, 0:32:step]
-        sq = c + np.roll(c, -1, axis=0)
-        sq += np.roll(sq, -1, axis=1)
-        a[half:32:step, half:32:step] = wibbled(sq)
-        dr = a[half:32:step, half:32:step]
-        ul = a[0:32:step, 0:32:step]
-        a[0:32:step, half:32:step] = wibbled(
-            dr + np.roll(dr, 1, axis=0) + ul + np.roll(ul, -1, axis=1)
-        )
-        a[half:32:step, 0:32:step] = wibbled(
-            dr + np.roll(dr, 1, axis=1) + ul + np.roll(ul, -1, axis=0)
-        )
-        step //= 2
-        wibble /= 2.5
-    a -= a.min()
-    np.testing.assert_allclose(ours, a / a.max(), atol=1e-6)  # uniforms are float32
+    ref = plasma_loop(32, 2.5, iter(rec.record))  # the same uniforms, in the reference's order
+    np.testing.assert_allclose(ours, ref, atol=1e-6)  # uniforms are float32
 
 
 def test_frost_adds_a_crop_of_a_shrunk_texture():
@@ -369,8 +303,8 @@ def test_equalize_hist_matches_opencv_formula():
 
 
 def test_spatter_mud_only_changes_masked_pixels_towards_brown():
-    u = _uint8_images(4)
-    x = _float(u)
+    u = uint8_images(4)
+    x = to_float(u)
     out = corruptions.corrupt(x, "spatter", 5, torch.Generator().manual_seed(1))
     changed = (out - x).abs().amax(dim=1) > 1e-6
     assert changed.any()
@@ -383,8 +317,8 @@ def test_spatter_mud_only_changes_masked_pixels_towards_brown():
 
 
 def test_spatter_water_adds_turquoise_only_where_liquid():
-    u = _uint8_images(4)
-    x = _float(u)
+    u = uint8_images(4)
+    x = to_float(u)
     out = corruptions.corrupt(x, "spatter", 3, torch.Generator().manual_seed(1))
     added = out - x
     assert (added >= -1e-6).all()

@@ -5,31 +5,31 @@ the reference code), the size-dependent terms on other and non-square sizes, and
 from __future__ import annotations
 
 import io
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from scipy import ndimage, signal
+from scipy import ndimage
 
 import corruptions
 from corruptions import blur, frost_textures, geometric, weather
 from corruptions._ops import Draw, apply_rows_cols, gaussian_blur, motion_blur, zoom_matrix
 from corruptions.params import TABLES, params, setting, table_for
 
-
-def _uint8_images(n: int, h: int, w: int | None = None, seed: int = 0) -> np.ndarray:
-    """Smooth colour images with some texture: a coarse random field upsampled plus pixel noise."""
-    w = h if w is None else w
-    rng = np.random.default_rng(seed)
-    coarse = rng.random((n, 8, 8, 3))
-    smooth = ndimage.zoom(coarse, (1, h / 8, w / 8, 1), order=1)[:, :h, :w]
-    noisy = 0.8 * smooth + 0.2 * rng.random((n, h, w, 3))
-    return np.clip(noisy * 255, 0, 255).astype(np.uint8)
-
-
-def _float(u: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(u).permute(0, 3, 1, 2).float() / 255.0
+sys.path.insert(0, str(Path(__file__).parent))
+from _corruption_refs import (  # noqa: E402
+    Recorder,
+    clipped_zoom,
+    disk,
+    glass_loop,
+    motion_blur_loop,
+    plasma_loop,
+    to_float,
+    uint8_images,
+)
 
 
 def _hwc(x: torch.Tensor) -> np.ndarray:
@@ -73,7 +73,7 @@ def test_tables_hold_every_corruption_at_five_severities():
 
 
 def test_forcing_a_table_changes_the_result():
-    u = _uint8_images(2, 64)
+    u = uint8_images(2, 64)
     tiny = corruptions.corrupt(u, "gaussian_blur", 5)  # auto: tiny, sigma 1.5
     ref = ndimage.gaussian_filter(u / 255.0, (0, 1.5, 1.5, 0), mode="nearest", truncate=4.0)
     assert np.abs(tiny.astype(int) - np.floor(ref * 255 + 1e-4)).max() <= 1
@@ -104,7 +104,7 @@ def test_pixelate_is_bit_exact_with_pillow(h, w, table, severity):
 
 @pytest.mark.parametrize("size, table", [(224, "imagenet"), (64, "tiny")])
 def test_jpeg_matches_pillow(size, table):
-    u = _uint8_images(2, size)
+    u = uint8_images(2, size)
     quality = params("jpeg_compression", 5, table)
     ref = []
     for a in u:
@@ -114,45 +114,16 @@ def test_jpeg_matches_pillow(size, table):
     np.testing.assert_array_equal(corruptions.corrupt(u, "jpeg_compression", 5), np.stack(ref))
 
 
-def _clipped_zoom(img: np.ndarray, z: float) -> np.ndarray:
-    """The reference's centre crop, scipy zoom (order 1) and trim, each axis with its own length."""
-    out = img
-    for axis, n in enumerate(img.shape[:2]):
-        ch = int(np.ceil(n / z))
-        top = (n - ch) // 2
-        out = np.take(out, np.arange(top, top + ch), axis=axis)
-    factors = (z, z) + (1,) * (img.ndim - 2)
-    out = ndimage.zoom(out, factors, order=1)
-    for axis, n in enumerate(img.shape[:2]):
-        trim = (out.shape[axis] - n) // 2
-        out = np.take(out, np.arange(trim, trim + n), axis=axis)
-    return out
-
-
 @pytest.mark.parametrize("h, w, severity", [(224, 224, 5), (64, 64, 3), (48, 80, 2)])
 def test_zoom_blur_matches_scipy_zoom(h, w, severity):
-    u = _uint8_images(1, h, w)
+    u = uint8_images(1, h, w)
     table = table_for(h, w).name
     factors = params("zoom_blur", severity, table)
     a = u[0] / 255.0
-    acc = a + sum(_clipped_zoom(a, z) for z in factors)
+    acc = a + sum(clipped_zoom(a, z) for z in factors)
     ref = np.clip(acc / (len(factors) + 1), 0, 1)
-    out = _hwc(corruptions.corrupt(_float(u), "zoom_blur", severity))[0]
+    out = _hwc(corruptions.corrupt(to_float(u), "zoom_blur", severity))[0]
     np.testing.assert_allclose(out, ref, atol=5e-6)
-
-
-def _disk(radius: float, alias: float) -> np.ndarray:
-    """The reference disk kernel rebuilt with scipy: indicator, normalised, then a 3x3 (radius <= 8)
-    or 5x5 Gaussian with OpenCV's reflect-101 border."""
-    half, ksize = (8, 3) if radius <= 8 else (int(radius), 5)
-    grid = np.arange(-half, half + 1)
-    xx, yy = np.meshgrid(grid, grid)
-    disk = ((xx**2 + yy**2) <= radius**2).astype(np.float64)
-    disk /= disk.sum()
-    g = np.exp(-((np.arange(ksize) - ksize // 2) ** 2) / (2 * alias**2))
-    g /= g.sum()
-    padded = np.pad(disk, ksize // 2, mode="reflect")  # numpy's reflect is reflect-101
-    return signal.correlate2d(padded, np.outer(g, g), mode="valid")
 
 
 @pytest.mark.parametrize(
@@ -160,34 +131,34 @@ def _disk(radius: float, alias: float) -> np.ndarray:
 )
 def test_defocus_matches_disk_plus_gaussian(severity, table, size):
     radius, alias = params("defocus_blur", severity, table)
-    full = _disk(radius, alias)
+    full = disk(radius, alias)
     k = blur.defocus_kernel(float(radius), float(alias)).double().numpy()
     half, r = full.shape[0] // 2, k.shape[0] // 2
     np.testing.assert_allclose(k, full[half - r : half + r + 1, half - r : half + r + 1], atol=1e-7)
     assert np.abs(full).sum() == pytest.approx(np.abs(k).sum(), abs=1e-6)  # nothing cropped away
-    u = _uint8_images(1, size)
+    u = uint8_images(1, size)
     a = u[0] / 255.0
     ref = np.stack([ndimage.correlate(a[..., ch], full, mode="mirror") for ch in range(3)], -1)
-    out = _hwc(corruptions.corrupt(_float(u), "defocus_blur", severity, params=table))[0]
+    out = _hwc(corruptions.corrupt(to_float(u), "defocus_blur", severity, params=table))[0]
     np.testing.assert_allclose(out, np.clip(ref, 0, 1), atol=5e-6)
 
 
 def test_gaussian_blur_matches_scipy_at_224():
-    u = _uint8_images(1, 224)
+    u = uint8_images(1, 224)
     ref = ndimage.gaussian_filter(u / 255.0, sigma=(0, 6, 6, 0), mode="nearest", truncate=4.0)
-    out = _hwc(corruptions.corrupt(_float(u), "gaussian_blur", 5))
+    out = _hwc(corruptions.corrupt(to_float(u), "gaussian_blur", 5))
     np.testing.assert_allclose(out, ref, atol=5e-6)
 
 
 @pytest.mark.parametrize("severity", [1, 5])
 def test_contrast_at_224(severity):
-    u = _uint8_images(1, 224)
+    u = uint8_images(1, 224)
     x = u / 255.0
     mean = x.mean(axis=(1, 2), keepdims=True)
     c = params("contrast", severity, "imagenet")
     ref = np.clip((x - mean) * c + mean, 0, 1)
     np.testing.assert_allclose(
-        _hwc(corruptions.corrupt(_float(u), "contrast", severity)), ref, atol=2e-6
+        _hwc(corruptions.corrupt(to_float(u), "contrast", severity)), ref, atol=2e-6
     )
 
 
@@ -220,7 +191,7 @@ def _hsv_round_trip(u: np.ndarray, change) -> np.ndarray:
 @pytest.mark.parametrize("size", [224, 32])
 @pytest.mark.parametrize("severity", [1, 5])
 def test_brightness_and_saturate_equal_the_float64_hsv_round_trip(size, severity):
-    u = _uint8_images(2, size)
+    u = uint8_images(2, size)
     u[:, :3, :3] = 90  # grey pixels
     table = table_for(size, size).name
     c = params("brightness", severity, table)
@@ -234,25 +205,13 @@ def test_brightness_and_saturate_equal_the_float64_hsv_round_trip(size, severity
 # ---- glass blur: the reference walk with offsets up to 4 ------------------------------------
 
 
-def _glass_loop(img: np.ndarray, dy: np.ndarray, dx: np.ndarray, delta: int) -> np.ndarray:
-    """The reference pixel walk, literally: rows and columns from side - delta down to delta + 1,
-    the tuple "swap" on numpy views (which copies the source into the target)."""
-    x = img.copy()
-    h, w = x.shape[:2]
-    for r in range(h - delta, delta, -1):
-        for c in range(w - delta, delta, -1):
-            rp, cp = r + dy[r - delta - 1, c - delta - 1], c + dx[r - delta - 1, c - delta - 1]
-            x[r, c], x[rp, cp] = x[rp, cp], x[r, c]
-    return x
-
-
 @pytest.mark.parametrize("h, w, delta", [(64, 64, 2), (224, 224, 4), (40, 57, 3)])
 def test_glass_walk_matches_the_reference_loop(h, w, delta):
     rng = np.random.default_rng(delta)
     img = rng.integers(0, 256, (h, w, 3)).astype(np.uint8)
     dy = rng.integers(-delta, delta, (h - 2 * delta, w - 2 * delta))
     dx = rng.integers(-delta, delta, (h - 2 * delta, w - 2 * delta))
-    ref = _glass_loop(img, dy, dx, delta)
+    ref = glass_loop(img, dy, dx, delta)
     x = torch.from_numpy(img).permute(2, 0, 1)[None].float()
     out = blur.glass_shuffle(x, torch.from_numpy(dy)[None], torch.from_numpy(dx)[None], delta)
     np.testing.assert_array_equal(out[0].permute(1, 2, 0).numpy().astype(np.uint8), ref)
@@ -266,18 +225,7 @@ def test_motion_blur_with_imagenet_lengths_matches_per_pixel_loop():
     img = rng.random((2, 1, 40, 44))
     angles = np.array([12.0, -41.0])
     radius, sigma = params("motion_blur", 5, "imagenet")  # (20, 15): 41 taps
-    width = 2 * radius + 1
-    k = np.exp(-(np.arange(width) ** 2) / (2 * sigma**2))
-    k /= k.sum()
-    ref = np.zeros_like(img)
-    for b, ang in enumerate(angles):
-        t = np.deg2rad(ang)
-        for y in range(40):
-            for x in range(44):
-                for i in range(width):
-                    sx = min(max(x + int(np.ceil(i * np.cos(t) - 0.5)), 0), 43)
-                    sy = min(max(y + int(np.ceil(i * np.sin(t) - 0.5)), 0), 39)
-                    ref[b, 0, y, x] += k[i] * img[b, 0, sy, sx]
+    ref = motion_blur_loop(img, angles, radius, sigma)
     out = motion_blur(torch.from_numpy(img), radius, sigma, torch.from_numpy(angles))
     np.testing.assert_allclose(out.numpy(), ref, atol=1e-12)
 
@@ -287,8 +235,8 @@ def test_snow_layer_zoom_matches_scipy_at_224():
     layer = rng.normal(0.55, 0.3, (224, 224))
     z = params("snow", 4, "imagenet")[2]  # 4.5
     m = torch.from_numpy(zoom_matrix(224, z))
-    ours = apply_rows_cols(torch.from_numpy(layer)[None, None], m)[0, 0].numpy()
-    np.testing.assert_allclose(ours, _clipped_zoom(layer, z), atol=1e-10)
+    ours = apply_rows_cols(torch.from_numpy(layer)[None, None], m, m)[0, 0].numpy()
+    np.testing.assert_allclose(ours, clipped_zoom(layer, z), atol=1e-10)
 
 
 # ---- elastic transform: wide Gaussians and the scaling rule ---------------------------------
@@ -305,24 +253,11 @@ def test_elastic_smoothing_matches_scipy_reflect(h, w, sigma):
     np.testing.assert_allclose(ours[0, 0].numpy(), ref, atol=1e-12)
 
 
-class _Recorder(Draw):
-    """A Draw that keeps every uniform block it hands out, so a test can redo the computation."""
-
-    def __init__(self, seed: int = 3):
-        super().__init__(torch.Generator().manual_seed(seed), torch.device("cpu"))
-        self.record: list[np.ndarray] = []
-
-    def rand(self, shape):
-        out = super().rand(shape)
-        self.record.append(out.double().numpy().copy())
-        return out
-
-
 @pytest.mark.parametrize("h, w", [(224, 224), (112, 112), (96, 160)])
 def test_elastic_fields_scale_with_the_side(h, w):
     s = setting("elastic_transform", 4, "imagenet")
     alpha, sigma, jitter = s.value
-    rec = _Recorder()
+    rec = Recorder()
     inv, dx, dy = geometric.elastic_fields(2, h, w, s, rec)
     shift_u, noise_u = rec.record
     sy, sx = h / 224, w / 224
@@ -344,8 +279,8 @@ def test_elastic_fields_scale_with_the_side(h, w):
 
 
 def test_elastic_resampling_matches_scipy_at_224():
-    u = _uint8_images(1, 224)
-    x = _float(u).double()
+    u = uint8_images(1, 224)
+    x = to_float(u).double()
     draw = Draw(_gen(0), torch.device("cpu"))
     inv, dx, dy = geometric.elastic_fields(
         1, 224, 224, setting("elastic_transform", 2, "imagenet"), draw
@@ -365,43 +300,15 @@ def test_elastic_resampling_matches_scipy_at_224():
 # ---- fog: the fractal on 256 cropped to 224 -------------------------------------------------
 
 
-def _plasma_loop(size: int, decay: float, draws) -> np.ndarray:
-    """The reference diamond-square loop, fed the recorded uniforms in its call order."""
-    a = np.zeros((size, size))
-    step, wibble = size, 100.0
-
-    def wibbled(arr):
-        return arr / 4 + wibble * (-wibble + 2 * wibble * next(draws)[0])
-
-    while step >= 2:
-        half = step // 2
-        c = a[0:size:step, 0:size:step]
-        sq = c + np.roll(c, -1, axis=0)
-        sq += np.roll(sq, -1, axis=1)
-        a[half:size:step, half:size:step] = wibbled(sq)
-        dr = a[half:size:step, half:size:step]
-        ul = a[0:size:step, 0:size:step]
-        a[0:size:step, half:size:step] = wibbled(
-            dr + np.roll(dr, 1, axis=0) + ul + np.roll(ul, -1, axis=1)
-        )
-        a[half:size:step, 0:size:step] = wibbled(
-            dr + np.roll(dr, 1, axis=1) + ul + np.roll(ul, -1, axis=0)
-        )
-        step //= 2
-        wibble /= decay
-    a -= a.min()
-    return a / a.max()
-
-
 @pytest.mark.parametrize("h, w, side", [(224, 224, 256), (64, 64, 64), (100, 40, 128)])
 def test_fog_uses_the_fractal_of_the_next_power_of_two(h, w, side):
     assert weather.fractal_side(h, w) == side
-    u = _uint8_images(1, h, w)
-    x = _float(u)
-    rec = _Recorder()
+    u = uint8_images(1, h, w)
+    x = to_float(u)
+    rec = Recorder()
     out = weather.fog(x, setting("fog", 4, table_for(h, w).name), rec)
     amount = params("fog", 4, table_for(h, w).name)[0]
-    fractal = _plasma_loop(side, params("fog", 4, table_for(h, w).name)[1], iter(rec.record))
+    fractal = plasma_loop(side, params("fog", 4, table_for(h, w).name)[1], iter(rec.record))
     m = float(x.max())
     ref = (x.double().numpy()[0] + amount * fractal[None, :h, :w]) * m / (m + amount)
     np.testing.assert_allclose(out[0].double().numpy(), ref, atol=2e-5)
@@ -410,7 +317,7 @@ def test_fog_uses_the_fractal_of_the_next_power_of_two(h, w, side):
 # ---- frost: texture scales and crops --------------------------------------------------------
 
 
-class _FrostRecorder(_Recorder):
+class _FrostRecorder(Recorder):
     def randint(self, low, high, shape):
         out = super().randint(low, high, shape)
         self.picks = out.numpy().copy()
@@ -421,7 +328,7 @@ class _FrostRecorder(_Recorder):
 def test_frost_adds_a_crop_of_the_tables_texture(size, scale):
     table = table_for(size, size).name
     w_img, w_frost = params("frost", 5, table)
-    x = _float(_uint8_images(3, size))
+    x = to_float(uint8_images(3, size))
     rec = _FrostRecorder()
     out = weather.frost(x, setting("frost", 5, table), rec).double().numpy()
     textures = frost_textures.scaled(scale)
@@ -499,7 +406,7 @@ def test_small_textures_are_enlarged_for_large_images():
 
 @pytest.mark.parametrize("table", ["cifar", "tiny", "imagenet"])
 def test_every_corruption_runs_on_a_non_square_size(table):
-    u = _uint8_images(2, 20, 36)
+    u = uint8_images(2, 20, 36)
     for name in corruptions.names():
         a = corruptions.corrupt(u, name, 5, _gen(1), params=table)
         b = corruptions.corrupt(u, name, 5, _gen(1), params=table)
@@ -508,7 +415,7 @@ def test_every_corruption_runs_on_a_non_square_size(table):
 
 
 def test_grey_input_is_corrupted_as_its_rgb_repetition():
-    grey = _uint8_images(3, 64)[..., 0]
+    grey = uint8_images(3, 64)[..., 0]
     rgb = np.repeat(grey[..., None], 3, axis=-1)
     for name in ("gaussian_noise", "frost", "spatter", "saturate"):
         expected = corruptions.corrupt(rgb, name, 4, _gen())
