@@ -69,7 +69,7 @@ def write_folder(root: Path, images: int, seed: int = 0) -> None:
 
 
 class TinyNet(nn.Module):
-    """A cheap network for 224 x 224 inputs (three strided convolutions, BN, a classifier)."""
+    """A cheap network for 224 x 224 inputs (two strided convolutions with BN, a classifier)."""
 
     def __init__(self, classes: int = 1000):
         super().__init__()
@@ -149,7 +149,6 @@ def config(root: Path, out: Path, workers: int, batch: int, images: int) -> dict
 def measure_old_path(root: Path, kind: str, batch: int, images: int) -> dict:
     """What ``evaluate`` did before one pass: for each method and segment, a fresh copy that
     reads its segment itself."""
-    import tta
     from tta.config import method_entries
     from tta.data import make_stream
     from tta.evaluation import run_unit
@@ -161,14 +160,14 @@ def measure_old_path(root: Path, kind: str, batch: int, images: int) -> dict:
     names = stream.domain_names
     start = time.perf_counter()
     errors = {}
-    for e in method_entries(METHODS):
+    for spec in method_entries(METHODS):
         wrong, seen = np.zeros(len(names)), np.zeros(len(names))
         for segment in stream.segments():
-            adapted = tta.adapt(model, e["name"], context, **e["options"])
-            unit = run_unit(adapted, segment, len(names), torch.device("cpu"), e["label"])
+            adapted = spec.adapt(model, context)
+            unit = run_unit(adapted, segment, len(names), torch.device("cpu"), spec.label)
             wrong += unit["wrong"]
             seen += unit["seen"]
-        errors[e["label"]] = {n: 100.0 * w / c for n, w, c in zip(names, wrong, seen)}
+        errors[spec.label] = {n: 100.0 * w / c for n, w, c in zip(names, wrong, seen)}
     return {"seconds": time.perf_counter() - start, "errors": errors}
 
 

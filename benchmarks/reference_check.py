@@ -148,14 +148,21 @@ def make_network(data: Data, scale: float, batch_statistics: bool) -> nn.Module:
         net.double()
         probe = copy.deepcopy(net).train(batch_statistics)
         x, labels = data.fit
-        features = nn.Sequential(*probe.stages())(x)
-        centre = features.mean(0)
-        means = torch.stack([features[labels == k].mean(0) for k in range(NUM_CLASSES)])
-        directions = F.normalize(means - centre, dim=1)
-        spread = ((features - centre) @ directions.T).std()
-        net.fc.weight.copy_(directions * (scale / spread))
-        net.fc.bias.copy_(-net.fc.weight @ centre)
+        fit_classifier(net.fc, nn.Sequential(*probe.stages())(x), labels, scale)
     return net.eval()
+
+
+@torch.no_grad()
+def fit_classifier(fc: nn.Linear, features: torch.Tensor, labels: torch.Tensor, scale: float):
+    """Set ``fc`` to the directions of the centred class means of ``features`` (one row per
+    class), scaled so that the projections of the centred features have std ``scale``, with the
+    bias that centres them."""
+    centre = features.mean(0)
+    means = torch.stack([features[labels == k].mean(0) for k in range(NUM_CLASSES)])
+    directions = F.normalize(means - centre, dim=1)
+    spread = ((features - centre) @ directions.T).std()
+    fc.weight.copy_(directions * (scale / spread))
+    fc.bias.copy_(-fc.weight @ centre)
 
 
 # -- importing MDTTA with stand-ins for its data and model modules ----------------------------------
@@ -181,12 +188,38 @@ def import_with_stubs(stubs: dict[str, types.ModuleType], *names: str) -> list[t
         sys.modules.update(saved)
 
 
+MDTTA = "mariodoebler/test-time-adaptation"
+
+
+def find_checkout(
+    root: Path, method_file: str, subfolder: str = "classification", name: str = MDTTA
+) -> Path:
+    """The folder of ``root`` (itself or its ``subfolder``) that holds ``methods/<method_file>``;
+    exits with a message when there is none."""
+    if (root / subfolder / "methods").is_dir():
+        root = root / subfolder
+    if not (root / "methods" / method_file).is_file():
+        sys.exit(f"{root} is not a checkout of {name} (no methods/{method_file})")
+    return root
+
+
+def checkout_stubs(root: Path, *packages: str, **model_attrs: Any) -> dict[str, types.ModuleType]:
+    """The stand-ins every reference check imports with: ``models.model`` holding an empty
+    ``ResNetDomainNet126`` class (only used in an isinstance test) and ``model_attrs``, and empty
+    packages pointing at ``root``'s ``methods``, ``utils`` and each of ``packages``."""
+    model_stub = types.ModuleType("models.model")
+    model_stub.ResNetDomainNet126 = type("ResNetDomainNet126", (nn.Module,), {})
+    for key, value in model_attrs.items():
+        setattr(model_stub, key, value)
+    stubs = {"models": _package("models"), "models.model": model_stub}
+    for folder in ("methods", "utils", *packages):
+        stubs[folder] = _package(folder, root / folder)
+    return stubs
+
+
 def load_reference(root: Path, source_images: torch.Tensor) -> dict[str, Any]:
     """Import MDTTA's EATA, SAR, DeYO and LAME from ``root`` with the stand-ins described above."""
-    if (root / "classification" / "methods").is_dir():
-        root = root / "classification"
-    if not (root / "methods" / "eata.py").is_file():
-        sys.exit(f"{root} is not a checkout of mariodoebler/test-time-adaptation")
+    root = find_checkout(root, "eata.py")
 
     def get_source_loader(batch_size: int, num_samples: int, **_: Any):
         images = source_images[:num_samples] if num_samples > 0 else source_images
@@ -196,19 +229,10 @@ def load_reference(root: Path, source_images: torch.Tensor) -> dict[str, Any]:
     def split_up_model(model: nn.Module, arch_name: str, dataset_name: str):
         return nn.Sequential(*model.stages()), model.fc
 
-    model_stub = types.ModuleType("models.model")
-    model_stub.ResNetDomainNet126 = type("ResNetDomainNet126", (nn.Module,), {})
-    model_stub.split_up_model = split_up_model
     data_stub = types.ModuleType("datasets.data_loading")
     data_stub.get_source_loader = get_source_loader
-    stubs = {
-        "models": _package("models"),
-        "models.model": model_stub,
-        "datasets": _package("datasets"),
-        "datasets.data_loading": data_stub,
-        "methods": _package("methods", root / "methods"),
-        "utils": _package("utils", root / "utils"),
-    }
+    stubs = checkout_stubs(root, split_up_model=split_up_model)
+    stubs.update({"datasets": _package("datasets"), "datasets.data_loading": data_stub})
     eata, sar, deyo, lame = import_with_stubs(
         stubs, "methods.eata", "methods.sar", "methods.deyo", "methods.lame"
     )

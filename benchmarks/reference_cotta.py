@@ -82,21 +82,8 @@ RUNS = [
 
 def load_cotta(root: Path) -> Any:
     """Import MDTTA's CoTTA class with the stand-ins of ``reference_check``."""
-    if (root / "classification" / "methods").is_dir():
-        root = root / "classification"
-    if not (root / "methods" / "cotta.py").is_file():
-        sys.exit(f"{root} is not a checkout of mariodoebler/test-time-adaptation")
-    import types
-
-    model_stub = types.ModuleType("models.model")
-    model_stub.ResNetDomainNet126 = type("ResNetDomainNet126", (nn.Module,), {})
-    stubs = {
-        "models": rc._package("models"),
-        "models.model": model_stub,
-        "methods": rc._package("methods", root / "methods"),
-        "utils": rc._package("utils", root / "utils"),
-        "augmentations": rc._package("augmentations", root / "augmentations"),
-    }
+    root = rc.find_checkout(root, "cotta.py")
+    stubs = rc.checkout_stubs(root, "augmentations")
     module, transforms = rc.import_with_stubs(
         stubs, "methods.cotta", "augmentations.transforms_cotta"
     )

@@ -49,13 +49,11 @@ import importlib.util
 import math
 import random
 import sys
-import types
 from pathlib import Path
 from types import SimpleNamespace as NS
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -66,8 +64,10 @@ from reference_check import (  # noqa: E402
     SEED,
     TOLERANCE,
     Data,
-    _package,
+    checkout_stubs,
     cpu_only,
+    find_checkout,
+    fit_classifier,
     import_with_stubs,
     make_network,
     max_diff,
@@ -117,13 +117,7 @@ def calibrate(net: nn.Module, data: Data, scale: float = 2.5) -> nn.Module:
         net.eval()
         for m in norms:
             m.momentum = 0.1
-        feats = nn.Sequential(*net.stages())(x)
-        centre = feats.mean(0)
-        means = torch.stack([feats[labels == k].mean(0) for k in range(NUM_CLASSES)])
-        directions = F.normalize(means - centre, dim=1)
-        spread = ((feats - centre) @ directions.T).std()
-        net.fc.weight.copy_(directions * (scale / spread))
-        net.fc.bias.copy_(-net.fc.weight @ centre)
+        fit_classifier(net.fc, nn.Sequential(*net.stages())(x), labels, scale)
     return net
 
 
@@ -148,22 +142,11 @@ class WithHead(nn.Module):
 
 def load_reference(root: Path) -> dict[str, Any]:
     """Import the authors' NOTE, NOTEVanilla and UnMix-TNS layers from ``root``."""
-    if (root / "tta_experiments" / "methods").is_dir():
-        root = root / "tta_experiments"
-    if not (root / "methods" / "note.py").is_file():
-        sys.exit(f"{root} is not a checkout of the UnMix-TNS code (no methods/note.py)")
-    model_stub = types.ModuleType("models.model")
-    model_stub.ResNetDomainNet126 = type("ResNetDomainNet126", (nn.Module,), {})
+    root = find_checkout(root, "note.py", "tta_experiments", "the UnMix-TNS code")
     spec = importlib.util.spec_from_file_location("unmixtns", root / "unmixtns.py")
     unmixtns = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(unmixtns)
-    stubs = {
-        "models": _package("models"),
-        "models.model": model_stub,
-        "methods": _package("methods", root / "methods"),
-        "utils": _package("utils", root / "utils"),
-        "unmixtns": unmixtns,
-    }
+    stubs = {**checkout_stubs(root), "unmixtns": unmixtns}
     note, vanilla = import_with_stubs(stubs, "methods.note", "methods.note_vanilla")
     return {"NOTE": note.NOTE, "NOTEVanilla": vanilla.NOTEVanilla, "unmixtns": unmixtns}
 

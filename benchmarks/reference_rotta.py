@@ -50,7 +50,6 @@ import argparse
 import contextlib
 import copy
 import sys
-import types
 from pathlib import Path
 from typing import Any, Optional
 from unittest import mock
@@ -69,19 +68,8 @@ TOLERANCE = 1e-6
 
 def load_rotta(root: Path) -> tuple[type, Any]:
     """Import MDTTA's RoTTA module and its augmentations with the stand-ins of reference_check."""
-    if (root / "classification" / "methods").is_dir():
-        root = root / "classification"
-    if not (root / "methods" / "rotta.py").is_file():
-        sys.exit(f"{root} is not a checkout of mariodoebler/test-time-adaptation")
-    model_stub = types.ModuleType("models.model")
-    model_stub.ResNetDomainNet126 = type("ResNetDomainNet126", (nn.Module,), {})
-    stubs = {
-        "models": rc._package("models"),
-        "models.model": model_stub,
-        "methods": rc._package("methods", root / "methods"),
-        "utils": rc._package("utils", root / "utils"),
-        "augmentations": rc._package("augmentations", root / "augmentations"),
-    }
+    root = rc.find_checkout(root, "rotta.py")
+    stubs = rc.checkout_stubs(root, "augmentations")
     module, transforms = rc.import_with_stubs(
         stubs, "methods.rotta", "augmentations.transforms_cotta"
     )

@@ -42,7 +42,10 @@ DEMO_METHODS: list[Any] = [
 #: Built-in methods the plain demo leaves out, and why (each runs with ``--methods``).
 DEMO_LEFT_OUT = {
     "context-bn": "needs designated context samples of each domain (data.context_per_domain)",
-    "cotta": "averages 32 augmented views per batch (~30x inference): tta demo --methods cotta",
+    "cotta": (
+        "averages 32 augmented views per batch (~44x plain inference in its worst case, "
+        "benchmarks/overhead.py): tta demo --methods cotta"
+    ),
 }
 #: ``tta demo --plugin-table``: the UnMix-TNS paper's plug-in comparison, each method with its
 #: own norm and with UnMix-TNS underneath.
