@@ -130,20 +130,6 @@ def saved_config(out: Path) -> Optional[Any]:
     return read_json(path, FORCE_HINT) if path.is_file() else None
 
 
-def refuse_other_config(out: Path, config: Mapping[str, Any]) -> None:
-    """A folder holding another config's results is refused (naming the keys that differ)."""
-    old = saved_config(out)
-    if old is None or old == config:
-        return
-    if not isinstance(old, Mapping):
-        raise TTAError(f"{str(out / 'config.json')!r} is damaged (not a config); {FORCE_HINT}")
-    diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
-    raise TTAError(
-        f"output folder {str(out)!r} holds results of a different config (differs in "
-        f"{', '.join(diff)}); {FORCE_HINT}"
-    )
-
-
 def write_if_changed(path: Path, text: str) -> None:
     """Write ``text`` unless the file already holds exactly it (its mtime then stays)."""
     try:

@@ -31,11 +31,6 @@ def _typed(results: Results) -> RunResult:
     return results if isinstance(results, RunResult) else RunResult.from_dict(results)
 
 
-def multi_seed(results: Results) -> bool:
-    """Whether ``results`` come from a run with ``seeds`` (numbers are means with a std)."""
-    return _typed(results).per_seed is not None
-
-
 def error_table(results: Results) -> str:
     """Markdown table: methods × domains (error %), then the mean and Δ mean vs source; with
     ``seeds``, each entry is mean ± std over the seeds."""
@@ -70,7 +65,7 @@ def describe_stream(results: Results) -> str:
     s, st = r.config["stream"], r.result.stream
     ls = st["label_stats"]
     order = f"dirichlet (δ = {s['delta']})" if s["order"] == "dirichlet" else s["order"]
-    if r.seeds is not None:
+    if r.over_seeds:
         seed = f"{len(r.seeds)} seeds ({', '.join(map(str, r.seeds))}), one stream each; per seed "
     else:
         seed = f"seed {r.seed}; "
@@ -104,7 +99,7 @@ def summary_markdown(results: Results) -> str:
     spread = (
         " Each entry is the mean ± sample standard deviation (ddof = 1) over the "
         f"{len(r.seeds)} seeds; Δ is taken per seed, then averaged."
-        if r.seeds is not None
+        if r.over_seeds
         else ""
     )
     return (
@@ -124,7 +119,7 @@ def results_csv(results: Results) -> str:
     (each seed's numbers are in results.json, ``per_seed``)."""
     r = _typed(results)
     source = r.source.errors
-    if r.seeds is None:
+    if not r.over_seeds:
         head = ["method", "domain", "error", "source_error", "delta_vs_source", "samples"]
         rows = [
             [m.label, d, f"{e:.4f}", f"{source[d]:.4f}", f"{e - source[d]:.4f}", m.samples[d]]
@@ -158,7 +153,7 @@ def plot_errors(results: Results, path: Path) -> None:
     r = _typed(results)
     domains = r.result.stream["domains"]
     xs = range(len(domains))
-    multi = r.seeds is not None
+    multi = r.over_seeds
     with png_figure(path, (max(6.0, 0.6 * len(domains) + 3), 4.2)) as ax:
         for m in r.methods:
             ys = [m.errors.get(d, float("nan")) for d in domains]

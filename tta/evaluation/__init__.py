@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from tta.data.subset import SubsetDomain, subset_rows
 from tta.evaluation.device import autocast, check_precision, resolve_device
-from tta.evaluation.domains import build_domains, corrupted_domains, source_images
+from tta.evaluation.domains import corrupted_domains, source_images
 from tta.evaluation.results import MethodResult, RunResult, SeedResult
 from tta.evaluation.run import evaluate
 from tta.evaluation.scoring import check_model, run_segment, run_unit, score
@@ -22,7 +22,6 @@ __all__ = [
     "SeedResult",
     "SubsetDomain",
     "autocast",
-    "build_domains",
     "check_model",
     "check_precision",
     "corrupted_domains",

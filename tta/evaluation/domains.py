@@ -40,29 +40,27 @@ def corrupted_domains(
     return domains
 
 
-def build_domains(data: DataConfig, seed: int) -> list[Domain]:
-    """The domains a config's ``data`` section names: the corruptions in the order given (the
-    standard order when none are named), each at every listed severity."""
-    return domains_and_inputs(data, seed)[0]
+def released_domains(data: DataConfig) -> tuple[list[Domain], dict[str, Input]]:
+    """The domains of a CIFAR-C or ImageNet-C folder that ``data`` names (the corruptions in the
+    order given, the standard order when none are named, each at every listed severity), whole,
+    and the data inputs to fingerprint (see ``tta._runs``). They do not depend on the seed."""
+    source = data.source
+    if not data.root:
+        raise TTAError(
+            f"data.source {source!r} needs data.root (the dataset folder); set data.root, "
+            "or data.source: corrupt with data.clean"
+        )
+    reader = CIFARC if source == "cifar-c" else ImageNetC
+    domains = reader(data.root, corruptions=data.corruptions, severities=list(data.severities))
+    return domains, _data_inputs(source, data.root, domains)
 
 
-def domains_and_inputs(data: DataConfig, seed: int) -> tuple[list[Domain], dict[str, Input]]:
-    """The domains, and the data inputs to fingerprint (see ``tta._runs``)."""
-    source, names, sev, n = data.source, data.corruptions, list(data.severities), data.num_samples
+def corrupted_clean_domains(data: DataConfig, seed: int) -> tuple[list[Domain], dict[str, Input]]:
+    """``data.source: corrupt``: ``data.clean``'s held-out images (a seeded subset of
+    ``num_samples`` of them, drawn before corrupting), corrupted with the seed's noise, and the
+    data inputs to fingerprint."""
+    names, sev, n = data.corruptions, list(data.severities), data.num_samples
     inputs: dict[str, Input] = {}
-    if source in ("cifar-c", "imagenet-c"):
-        if not data.root:
-            raise TTAError(
-                f"data.source {source!r} needs data.root (the dataset folder); set data.root, "
-                "or data.source: corrupt with data.clean"
-            )
-        reader = CIFARC if source == "cifar-c" else ImageNetC
-        domains = reader(data.root, corruptions=names, severities=sev)
-        inputs = _data_inputs(source, data.root, domains)
-        _warn_short(domains, n, "")
-        if n:
-            domains = [SubsetDomain(d, subset_rows(len(d), n, seed)) for d in domains]
-        return domains, inputs
     if not data.clean:
         raise TTAError(
             "data.source 'corrupt' needs data.clean: 'mnist5k', 'cifar10:<folder>', "
@@ -92,7 +90,7 @@ def _warn(names: list[str], size: int, n: int, where: str) -> None:
     )
 
 
-def _warn_short(domains: list[Domain], n: Optional[int], where: str) -> None:
+def _warn_short(domains: list[Domain], n: Optional[int]) -> None:
     if not n:
         return
     by_size: dict[int, list[str]] = {}
@@ -100,7 +98,7 @@ def _warn_short(domains: list[Domain], n: Optional[int], where: str) -> None:
         if len(d) < n:
             by_size.setdefault(len(d), []).append(d.name)
     for size, names in by_size.items():
-        _warn(names, size, n, where)
+        _warn(names, size, n, "")
 
 
 def _data_inputs(source: str, root: str, domains: list[Domain]) -> dict[str, Input]:
@@ -163,7 +161,7 @@ def subset_domains(domains: list[Domain], n: Optional[int], seed: int) -> list[D
     domains the config describes."""
     if not n:
         return list(domains)
-    _warn_short(domains, n, "")
+    _warn_short(domains, n)
     return [SubsetDomain(d, subset_rows(len(d), n, seed)) for d in domains]
 
 
@@ -256,17 +254,21 @@ def seed_domains(
             "the stream enters that domain, but schedule 'mixed' mixes the domains inside every "
             "batch; use reset_each_shift, continual or gradual, or drop data.context_per_domain"
         )
+    corrupt = given is None and data.source == "corrupt"  # domains made anew for each seed
+    if given is not None:
+        whole, inputs = given, given_domain_inputs(given)
+    elif not corrupt:
+        whole, inputs = released_domains(data)
     for i, seed in enumerate(config.seeds):
         contexts = None
-        if given is None:
+        if corrupt:
             # With context, the subset (num_samples) is drawn after the context is held out.
-            domains, data_inputs = domains_and_inputs(
+            whole, inputs = corrupted_clean_domains(
                 dataclasses.replace(data, num_samples=None) if held else data, seed
             )
-        else:
-            domains, data_inputs = given, (given_domain_inputs(given) if i == 0 else {})
+        domains = whole
         if held:
             domains, contexts = hold_out_context(domains, held)
-        if held or given is not None:
+        if held or not corrupt:
             domains = subset_domains(domains, data.num_samples, seed)
-        yield seed, domains, contexts, data_inputs
+        yield seed, domains, contexts, inputs if i == 0 else {}

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 import tta
+from tta._render import sample_std
 from tta.run_config import MethodSpec, RunConfig, baseline
 
 
@@ -32,11 +33,6 @@ def _versions() -> dict[str, str]:
 
 def _mean(values: list[float]) -> float:
     return float(np.mean(values))
-
-
-def _std(values: list[float]) -> float:
-    """Sample standard deviation (ddof = 1); 0 for a single value."""
-    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
 @dataclass(frozen=True)
@@ -130,6 +126,11 @@ class RunResult:
     seed: Optional[int] = None
     seeds: Optional[list[int]] = None
     per_seed: Optional[tuple[SeedResult, ...]] = None
+
+    @property
+    def over_seeds(self) -> bool:
+        """Whether the run had ``seeds``: numbers are means over them, with a std."""
+        return self.per_seed is not None
 
     @property
     def methods(self) -> tuple[MethodResult, ...]:
@@ -246,17 +247,19 @@ def over_seeds(runs: Sequence[SeedResult]) -> SeedResult:
                 name=first.name,
                 options=first.options,
                 errors={d: _mean([m.errors[d] for m in per]) for d in doms},
-                errors_std={d: _std([m.errors[d] for m in per]) for d in doms},
+                errors_std={d: sample_std([m.errors[d] for m in per]) for d in doms},
                 samples={d: first.samples[d] for d in doms},  # per seed
                 nonfinite={d: int(sum(m.nonfinite.get(d, 0) for m in per)) for d in doms},
                 nonfinite_total=int(sum(m.nonfinite_total for m in per)),
                 mean_error=_mean([m.mean_error for m in per]),
-                mean_error_std=_std([m.mean_error for m in per]),
+                mean_error_std=sample_std([m.mean_error for m in per]),
                 mean_error_per_seed=[m.mean_error for m in per],
                 delta_vs_source=_mean([m.delta_vs_source for m in per]),
-                delta_vs_source_std=_std([m.delta_vs_source for m in per]),
+                delta_vs_source_std=sample_std([m.delta_vs_source for m in per]),
                 delta_per_domain={d: _mean([m.delta_per_domain[d] for m in per]) for d in doms},
-                delta_per_domain_std={d: _std([m.delta_per_domain[d] for m in per]) for d in doms},
+                delta_per_domain_std={
+                    d: sample_std([m.delta_per_domain[d] for m in per]) for d in doms
+                },
                 seconds=seconds,
                 images=images,
                 images_per_second=images / seconds if seconds > 0 else None,

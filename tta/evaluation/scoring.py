@@ -265,16 +265,29 @@ def run_segment(
     ``contexts``: per stream domain, its context samples (``data.context_per_domain``).
     """
     scorers = {label: _Scorer(m, num_domains, device) for label, m in adapted.items()}
+    if batches is None:
+        with read_batches([segment], 0, device.type == "cuda") as own:
+            _feed_with_progress(scorers, segment, own, device, precision, desc, contexts)
+    else:
+        _feed_with_progress(scorers, segment, batches, device, precision, desc, contexts)
+    return {label: sc.result() for label, sc in scorers.items()}
+
+
+def _feed_with_progress(
+    scorers: Mapping[str, _Scorer],
+    segment: Segment,
+    batches: Iterable[Batch],
+    device: torch.device,
+    precision: str,
+    desc: str,
+    contexts: Optional[Sequence[Domain]] = None,
+) -> None:
+    """``_feed`` under a progress bar named ``desc``."""
     progress = _Progress(len(segment), desc, scorers, device)
     try:
-        if batches is None:
-            with read_batches([segment], 0, device.type == "cuda") as own:
-                _feed(scorers, segment, own, device, precision, progress, contexts)
-        else:
-            _feed(scorers, segment, batches, device, precision, progress, contexts)
+        _feed(scorers, segment, batches, device, precision, progress, contexts)
     finally:
         progress.close()
-    return {label: sc.result() for label, sc in scorers.items()}
 
 
 def run_unit(
@@ -338,10 +351,6 @@ def score(
         for segment in segments:
             if segment.reset_before and hasattr(adapted, "reset"):
                 adapted.reset()
-            progress = _Progress(len(segment), segment.name, {"": scorer}, device)
-            try:
-                _feed({"": scorer}, segment, batches, device, precision, progress)
-            finally:
-                progress.close()
+            _feed_with_progress({"": scorer}, segment, batches, device, precision, segment.name)
     counts = scorer.result()
     return {n: 100.0 * w / c for n, w, c in zip(names, counts["wrong"], counts["seen"]) if c > 0}

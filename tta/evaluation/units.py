@@ -91,7 +91,7 @@ def config_difference(old: Mapping[str, Any], new: RunConfig) -> list[str]:
     except (TTAError, TypeError, ValueError):
         return diff + ["methods"]
     now = {e.label: e for e in new.methods}
-    plain = lambda e: json.loads(json_text([e.name, e.options]))  # noqa: E731
+    plain = lambda e: json.loads(json_text(e.record()))  # noqa: E731  as a unit records it
     changed = [k for k in before if k in now and plain(before[k]) != plain(now[k])]
     if changed:
         diff.append(
