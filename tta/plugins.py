@@ -12,8 +12,26 @@ import importlib
 import importlib.util
 import sys
 from pathlib import Path
+from types import ModuleType
 
 from tta._errors import TTAError, TTAFileNotFoundError
+
+
+def import_file(path: Path, key: str) -> ModuleType:
+    """Import the ``.py`` file at ``path`` as module ``key``, once (it stays in ``sys.modules``);
+    an import that fails leaves no half-made module behind."""
+    module = sys.modules.get(key)
+    if module is not None:
+        return module
+    spec = importlib.util.spec_from_file_location(key, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[key] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[key]
+        raise
+    return module
 
 
 def load_plugin(name: str) -> None:
@@ -25,18 +43,11 @@ def load_plugin(name: str) -> None:
         if not path.is_file():
             raise TTAFileNotFoundError(f"plugin file {name!r} does not exist ({path})")
         key = f"tta_plugin_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
-        if key in sys.modules:
-            return
-        spec = importlib.util.spec_from_file_location(key, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[key] = module
         try:
-            spec.loader.exec_module(module)
+            import_file(path, key)
         except TTAError:
-            del sys.modules[key]
             raise
         except Exception as err:
-            del sys.modules[key]
             raise TTAError(
                 f"plugin {name!r} failed to import: {type(err).__name__}: {err}"
             ) from err

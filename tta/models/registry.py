@@ -15,7 +15,6 @@ import importlib
 import importlib.util
 import inspect
 import re
-import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -24,6 +23,7 @@ from torch import nn
 from tta._errors import TTAError, TTATypeError, did_you_mean, unknown
 from tta.models.cifar_resnet import CifarResNet
 from tta.models.wide_resnet import WideResNet
+from tta.plugins import import_file
 
 # name -> (builder taking num_classes and options, default num_classes, one-line description)
 _CIFAR: dict[str, tuple[Callable[..., nn.Module], dict[str, Any], str]] = {
@@ -65,17 +65,7 @@ def import_factory(spec: str) -> Callable[..., nn.Module]:
             path = Path(module_name).expanduser()
             if not path.is_file():
                 raise TTAError(f"model spec {spec!r}: no such file {str(path)!r}")
-            name = "tta_model_" + re.sub(r"\W", "_", str(path.resolve()))
-            module = sys.modules.get(name)
-            if module is None:
-                loader_spec = importlib.util.spec_from_file_location(name, path)
-                module = importlib.util.module_from_spec(loader_spec)
-                sys.modules[name] = module
-                try:
-                    loader_spec.loader.exec_module(module)
-                except BaseException:
-                    del sys.modules[name]
-                    raise
+            module = import_file(path, "tta_model_" + re.sub(r"\W", "_", str(path.resolve())))
         else:
             module = importlib.import_module(module_name)
     except ModuleNotFoundError as err:
