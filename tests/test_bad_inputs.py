@@ -29,14 +29,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_evaluation import tiny_model, write_cifar_c  # noqa: E402
 
 CORRUPTIONS = ["gaussian_noise", "fog"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def config(tmp_path: Path, methods=("tbn",), **extra) -> dict:
@@ -68,9 +61,14 @@ def write_yaml(path: Path, data) -> Path:
 
 
 def counting_units(monkeypatch) -> list[str]:
+    """From now on, the description of every unit run: through ``run_unit`` (one method missing
+    on a segment) or ``run_segment`` (several), both looked up on tta.evaluation.run."""
     calls: list[str] = []
-    real = ev.run_unit
-    monkeypatch.setattr(ev_run, "run_unit", lambda *a, **k: calls.append(a[4]) or real(*a, **k))
+    for name in ("run_unit", "run_segment"):
+        real = getattr(ev_run, name)
+        monkeypatch.setattr(
+            ev_run, name, lambda *a, _real=real, **k: calls.append(a[4]) or _real(*a, **k)
+        )
     return calls
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
+from functools import partial
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,34 +18,12 @@ from tta._errors import TTAError
 from tta.methods.augment import TTAAugment
 from tta.methods.cotta import cotta_loss
 
+sys.path.insert(0, str(Path(__file__).parent))
+import _nets  # noqa: E402
+
 SEED = 3
-
-
-class Net(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
-        self.bn1 = nn.BatchNorm2d(4)
-        self.conv2 = nn.Conv2d(4, 6, 3, padding=1)
-        self.bn2 = nn.BatchNorm2d(6)
-        self.fc = nn.Linear(6, 5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = torch.relu(self.bn1(self.conv1(x)))
-        h = torch.relu(self.bn2(self.conv2(h)))
-        return self.fc(h.mean((2, 3)))
-
-
-def make_net() -> Net:
-    g = torch.Generator().manual_seed(0)
-    net = Net()
-    with torch.no_grad():
-        for p in net.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-        for bn in (net.bn1, net.bn2):
-            bn.running_mean.copy_(torch.randn(bn.num_features, generator=g) * 0.3)
-            bn.running_var.copy_(torch.rand(bn.num_features, generator=g) + 0.5)
-    return net.double().eval()
+# The CoTTA network: parameters drawn with scale 0.5, BatchNorm weights as drawn.
+make_net = partial(_nets.make_net, scale=0.5, random_gamma=False)
 
 
 def batches(n: int, b: int = 8) -> list[torch.Tensor]:
@@ -222,10 +203,49 @@ def test_unmix_tns_each_copy_updates_its_own_components():
     assert not torch.equal(after["teacher"], after["anchor"])
 
 
-def test_multiple_steps_and_symmetric_loss_run():
+def cotta_reference(
+    net: nn.Module, x: torch.Tensor, steps: int = 1, symmetric: bool = False, soft: bool = False
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The prediction and the student after one batch, the rules written out: SGD without
+    momentum, no restore, the target always the teacher's mean over two views; per step the
+    target, one student step on ``cotta_loss`` against it, then the teacher's EMA (m = 0.9)."""
+    student, teacher = batch_stat_net(net), batch_stat_net(net)
+    opt = torch.optim.SGD(student.parameters(), lr=1e-2)
+    aug, g = TTAAugment(16, soft=soft), torch.Generator().manual_seed(SEED)
+    for _ in range(steps):
+        with torch.no_grad():
+            target = torch.stack([teacher(aug(x, g)) for _ in range(2)]).mean(0)
+        opt.zero_grad()
+        cotta_loss(student(x), target, symmetric=symmetric).backward()
+        opt.step()
+        with torch.no_grad():
+            for t, s in zip(teacher.parameters(), student.parameters()):
+                t.copy_(0.9 * t + (1 - 0.9) * s)
+    return target, params(student)
+
+
+def test_multiple_steps_symmetric_loss_and_soft_augmentation():
+    """``steps``, ``symmetric_loss`` and ``soft_augmentation`` each change the update as the
+    reference says, and not into the default one."""
     net, x = make_net(), batches(1)[0]
     out = adapt(net, steps=2, symmetric_loss=True, soft_augmentation=True, **OPTIONS)(x)
     assert out.shape == (8, 5) and torch.isfinite(out).all()
+    base = {"optimizer": "sgd", "momentum": 0.0, "teacher_momentum": 0.9, "rst": 0.0}
+    base = {**base, "ap": 1.0, "n_augmentations": 2}
+    _, default = cotta_reference(net, x)
+    for option, rule in [
+        ({"steps": 2}, {"steps": 2}),
+        ({"symmetric_loss": True}, {"symmetric": True}),
+        ({"soft_augmentation": True}, {"soft": True}),
+    ]:
+        ours = adapt(net, **base, **option)
+        out = ours(x)
+        target, student = cotta_reference(net, x, **rule)
+        torch.testing.assert_close(out, target, rtol=0, atol=1e-12)
+        for name, value in params(ours.model).items():
+            torch.testing.assert_close(value, student[name], rtol=0, atol=1e-12)
+        # the option matters: its student is not the default one
+        assert any(not torch.allclose(student[n], default[n], rtol=0, atol=1e-9) for n in student)
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@ any number of workers; in-memory data stays in-process; runs give identical numb
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import sys
 from pathlib import Path
@@ -75,13 +76,19 @@ def test_workers_run_in_other_processes_and_stop_early(imagenet_c):
         batch.domain = f"{batch.domain}@{os.getpid()}"
         return batch
 
+    def alive() -> set[str]:
+        """The process ids of this process's live children (the loader's workers)."""
+        return {str(p.pid) for p in multiprocessing.active_children()}
+
     loader._SegmentBatches.__getitem__ = spy
     try:
         with read_batches(stream.segments(), 2) as batches:
             for i, batch in enumerate(batches):
                 pids.add(batch.domain.split("@")[1])
                 if i == 3:
+                    assert i + 1 < stream.num_batches and pids <= alive()  # still running
                     break  # leaving early stops the workers
+        assert not pids & alive()
     finally:
         loader._SegmentBatches.__getitem__ = real
     assert str(os.getpid()) not in pids and len(pids) >= 1

@@ -427,20 +427,22 @@ def test_iabn_alone_is_per_sample_and_stateless():
 
 
 @pytest.mark.parametrize(
-    "options",
+    "options, pattern",
     [
-        {"memory_size": 0},
-        {"update_every": 0},
-        {"k": -1.0},
-        {"norm_momentum": 1.5},
-        {"lr": 0.0},
-        {"momentum": 0.5},  # SGD's option under Adam
-        {"steps": 2},
-        {"memory_size": "64"},
+        ({"memory_size": 0}, "option 'memory_size' .*>= 1"),
+        ({"update_every": 0}, "option 'update_every' .*>= 1"),
+        ({"k": -1.0}, "option 'k' .*>= 0"),
+        # the norm layer's own name for it
+        ({"norm_momentum": 1.5}, r"option 'momentum' .*\(norm 'iabn'\) must be in \[0, 1\]"),
+        ({"lr": 0.0}, "option 'lr' .*> 0"),
+        # SGD's option under Adam
+        ({"momentum": 0.5}, "option 'momentum' .*optimizer='sgd'.*'norm_momentum'"),
+        ({"steps": 2}, "unknown option 'steps'"),
+        ({"memory_size": "64"}, "option 'memory_size' .*must be int"),
     ],
 )
-def test_bad_options(options):
-    with pytest.raises(TTAError):
+def test_bad_options(options, pattern):
+    with pytest.raises(TTAError, match=pattern):
         tta.adapt(make_net(), "note", **options)
 
 

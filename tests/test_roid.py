@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -18,35 +21,10 @@ from tta.methods.roid import (
     symmetric_cross_entropy,
 )
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _nets import make_net  # noqa: E402
+
 T = 1 / 3
-
-
-class Net(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
-        self.bn1 = nn.BatchNorm2d(4)
-        self.conv2 = nn.Conv2d(4, 6, 3, padding=1)
-        self.bn2 = nn.BatchNorm2d(6)
-        self.fc = nn.Linear(6, 5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = torch.relu(self.bn1(self.conv1(x)))
-        h = torch.relu(self.bn2(self.conv2(h)))
-        return self.fc(h.mean((2, 3)))
-
-
-def make_net(seed: int = 0) -> Net:
-    g = torch.Generator().manual_seed(seed)
-    net = Net()
-    with torch.no_grad():
-        for p in net.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.7)
-        for bn in (net.bn1, net.bn2):
-            bn.running_mean.copy_(0.3 * torch.randn(bn.num_features, generator=g))
-            bn.running_var.copy_(0.5 + torch.rand(bn.num_features, generator=g))
-            bn.weight.copy_(1.0 + 0.3 * torch.randn(bn.num_features, generator=g))
-    return net.double().eval()
 
 
 def stream(n: int, b: int = 16, seed: int = 1) -> list[torch.Tensor]:

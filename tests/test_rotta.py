@@ -6,11 +6,12 @@ from __future__ import annotations
 import copy
 import math
 import random
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
 import tta
 import tta.methods.rotta  # noqa: F401  (registers "rotta")
@@ -20,35 +21,10 @@ from tta.methods.rotta import CSTU, RoTTA, memory_loss, timeliness_weights
 from tta.norms.rbn import RobustBatchNorm
 from tta.norms.unmix_tns import UnMixTNS
 
-K = 5
+sys.path.insert(0, str(Path(__file__).parent))
+from _nets import make_net  # noqa: E402
 
-
-class Net(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
-        self.bn1 = nn.BatchNorm2d(4)
-        self.conv2 = nn.Conv2d(4, 6, 3, padding=1)
-        self.bn2 = nn.BatchNorm2d(6)
-        self.fc = nn.Linear(6, K)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = torch.relu(self.bn1(self.conv1(x)))
-        h = torch.relu(self.bn2(self.conv2(h)))
-        return self.fc(h.mean((2, 3)))
-
-
-def make_net(seed: int = 0) -> Net:
-    g = torch.Generator().manual_seed(seed)
-    net = Net()
-    with torch.no_grad():
-        for p in net.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.7)
-        for bn in (net.bn1, net.bn2):
-            bn.running_mean.copy_(0.3 * torch.randn(bn.num_features, generator=g))
-            bn.running_var.copy_(0.5 + torch.rand(bn.num_features, generator=g))
-            bn.weight.copy_(1.0 + 0.3 * torch.randn(bn.num_features, generator=g))
-    return net.double().eval()
+K = 5  # the classes of make_net's network
 
 
 def stream(n: int, b: int, seed: int = 1) -> list[torch.Tensor]:
@@ -358,7 +334,7 @@ def test_unmix_tns_runs_and_adapts(monkeypatch) -> None:
     [{"memory_size": 0}, {"nu": 1.5}, {"lambda_u": -1.0}, {"update_every": 0}, {"steps": 2}],
 )
 def test_bad_options(options) -> None:
-    with pytest.raises(TTAError):
+    with pytest.raises(TTAError, match=f"option '{next(iter(options))}'"):
         wrap(**options)
 
 

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +32,18 @@ BUILT_IN = [
     if n not in ("source", "context-bn")
 ]
 
+# One torch thread (tests/conftest.py): these networks are tiny, and thread hand-offs on a busy
+# machine would dominate their timing.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-def structured_images(rng: np.random.Generator, n: int, k: int = 0, classes: int = 4):
-    """Images whose colour carries their label (so that predictions vary between methods)."""
-    labels = rng.integers(0, classes, n)
+
+def structured_images(
+    rng: np.random.Generator, n: int, k: int = 0, classes: int = 4, labels=None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Images whose colour carries their label (so that predictions vary between methods);
+    the labels are drawn first unless given."""
+    if labels is None:
+        labels = rng.integers(0, classes, n)
     colour = rng.uniform(0, 1, (n, 1, 1, 3))
     colour[np.arange(n), 0, 0, labels % 3] += 0.5 * (labels // 3 + 1)
     x = colour * (160 - 40 * k) + rng.normal(0, 40 + 30 * k, (n, 32, 32, 3))
@@ -47,10 +57,8 @@ def write_cifar_c(root: Path, n: int = 48) -> Path:
     labels = rng.integers(0, 4, 5 * n)
     np.save(root / "labels.npy", labels.astype(np.uint8))
     for k, name in enumerate(CORRUPTIONS):
-        colour = rng.uniform(0, 1, (5 * n, 1, 1, 3))
-        colour[np.arange(5 * n), 0, 0, labels % 3] += 0.5 * (labels // 3 + 1)
-        x = colour * (160 - 40 * k) + rng.normal(0, 40 + 30 * k, (5 * n, 32, 32, 3))
-        np.save(root / f"{name}.npy", np.clip(x, 0, 255).astype(np.uint8))
+        x, _ = structured_images(rng, 5 * n, k, labels=labels)
+        np.save(root / f"{name}.npy", x)
     return root
 
 
@@ -87,16 +95,6 @@ class Tiny(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.body(x))
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: these networks are tiny, and thread hand-offs on a busy machine would
-    dominate their timing."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -235,9 +233,11 @@ def test_growing_methods_list_reuses_finished_units(data, tmp_path, monkeypatch)
     strip = lambda ms: [{k: v for k, v in m.items() if k not in timing} for m in ms]  # noqa: E731
     assert strip(grown["methods"]) == strip(fresh["methods"])
     # A shorter list reuses them too, and reports only what it lists.
+    runs.clear()
     calls.clear()
     short = tta.evaluate(config(data, out, ["tent"]), model=Tiny().eval())
-    assert [m["label"] for m in short["methods"]] == ["source", "tent"] and calls == []
+    assert [m["label"] for m in short["methods"]] == ["source", "tent"]
+    assert runs == [] and calls == []
 
 
 def test_a_label_whose_options_changed_is_refused(data, tmp_path):
@@ -277,8 +277,11 @@ def test_folders_from_before_the_new_keys_resume(data, tmp_path, monkeypatch):
         del unit["entry"]
         p.write_text(json.dumps(unit))
     calls = []
-    real = ev.run_unit
-    monkeypatch.setattr(ev_run, "run_unit", lambda *a, **k: calls.append(a[4]) or real(*a, **k))
+    for name in ("run_unit", "run_segment"):  # one method missing on a segment, or several
+        real = getattr(ev_run, name)
+        monkeypatch.setattr(
+            ev_run, name, lambda *a, _real=real, **k: calls.append(a[4]) or _real(*a, **k)
+        )
     again = tta.evaluate(config(data, out, ["tbn"]), model=Tiny())
     assert calls == [] and again["methods"] == first["methods"]
 
@@ -326,13 +329,34 @@ def test_a_method_writing_into_its_input_does_not_change_the_others(data, tmp_pa
     assert errors["source"] == clean["methods"][0]["errors"]
 
 
+@contextmanager
+def linear_output_dtypes() -> Iterator[list[torch.dtype]]:
+    """The dtype of every ``nn.Linear`` output computed inside the block, in any copy of any
+    model (a global hook: runs copy the model they are given)."""
+    dtypes: list[torch.dtype] = []
+
+    def hook(module: nn.Module, args, out) -> None:
+        if isinstance(module, nn.Linear):
+            dtypes.append(out.dtype)
+
+    handle = nn.modules.module.register_module_forward_hook(hook)
+    try:
+        yield dtypes
+    finally:
+        handle.remove()
+
+
 def test_precision(data, tmp_path):
     methods = ["alpha-bn", "rbn", "lame"]
-    fp32 = tta.evaluate(config(data, tmp_path / "a", methods), model=Tiny())
+    with linear_output_dtypes() as fp32_dtypes:
+        fp32 = tta.evaluate(config(data, tmp_path / "a", methods), model=Tiny())
     cfg = config(data, tmp_path / "b", methods)
     cfg["precision"] = "bf16"
-    bf16 = tta.evaluate(cfg, model=Tiny())
+    with linear_output_dtypes() as bf16_dtypes:
+        bf16 = tta.evaluate(cfg, model=Tiny())
     assert bf16["config"]["precision"] == "bf16"
+    # bf16 ran: the classifier computed in bfloat16 (fp32 runs never do)
+    assert set(fp32_dtypes) == {torch.float32} and torch.bfloat16 in bf16_dtypes
     for a, b in zip(fp32["methods"], bf16["methods"]):
         for d in a["errors"]:
             assert abs(a["errors"][d] - b["errors"][d]) <= 25  # close, not bit-identical
@@ -351,8 +375,9 @@ def test_every_method_runs_under_bf16():
     for name in BUILT_IN:
         context = RunContext(seed=0, batch_size=16, num_classes=4, source_images=x)
         adapted = tta.adapt(Tiny(), name, context)
-        with ev.autocast(torch.device("cpu"), "bf16"):
+        with ev.autocast(torch.device("cpu"), "bf16"), linear_output_dtypes() as dtypes:
             assert adapted(x).shape == (16, 4), name
+        assert torch.bfloat16 in dtypes, name  # the classifier computed in bfloat16
 
 
 def test_run_unit_alone_reads_its_segment(data):

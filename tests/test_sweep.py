@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 
 import tta.sweep as sw
@@ -19,6 +18,8 @@ from tta.config import resolve_config
 
 CORRUPTIONS = ["gaussian_noise", "fog"]
 ROOT = Path(__file__).resolve().parent.parent
+# Tiny runs are fastest on one thread (tests/conftest.py), and the CI machine may be busy.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_cifar_c(root: Path, n: int = 40) -> Path:
@@ -29,15 +30,6 @@ def write_cifar_c(root: Path, n: int = 40) -> Path:
     for name in CORRUPTIONS:
         np.save(root / f"{name}.npy", rng.integers(0, 256, (5 * n, 32, 32, 3), dtype=np.uint8))
     return root
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny runs are fastest on one thread, and the CI machine may be busy."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
