@@ -72,6 +72,7 @@ def test_a_file_with_only_a_test_split(tmp_path):
     np.savez(path, x_test=_grey(4), y_test=np.arange(4))
     train_x, train_y, test_x, _ = read_npz(path)
     assert len(train_x) == len(train_y) == 0 and test_x.shape == (4, 32, 32, 3)
+    assert train_x.shape == (0, 32, 32, 3)  # the empty split has the other one's layout
     assert load_test_split(str(path))[0].shape == (4, 32, 32, 3)
 
 

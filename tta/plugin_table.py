@@ -18,6 +18,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
+from tta._render import md_table, number, sample_std
 from tta.run_config import SOURCE
 
 
@@ -72,10 +73,9 @@ def find_pairs(methods: Sequence[Mapping[str, Any]]) -> list[Pair]:
 
 
 def _pm(values: Sequence[float], signed: bool = False) -> str:
-    mean = float(np.mean(values))
-    std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-    text = f"{mean:+.1f}" if signed else f"{mean:.1f}"
-    return text + (f" ± {std:.1f}" if len(values) > 1 else "")
+    """mean ± sample std over seeds (the mean alone for one seed), as the other tables show it."""
+    std = sample_std(values) if len(values) > 1 else None
+    return number(float(np.mean(values)), std, signed=signed)
 
 
 def plugin_table(runs: Sequence[Sequence[Mapping[str, Any]]]) -> Optional[str]:
@@ -90,7 +90,6 @@ def plugin_table(runs: Sequence[Sequence[Mapping[str, Any]]]) -> Optional[str]:
     head = ["method", "own norm"]
     for norm in norms:
         head += [f"+ {norm}", "Δ"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     rows: dict[str, dict[str, str]] = {}
     errors = [{m["label"]: float(m["mean_error"]) for m in run} for run in runs]
     for p in pairs:
@@ -101,9 +100,9 @@ def plugin_table(runs: Sequence[Sequence[Mapping[str, Any]]]) -> Optional[str]:
         row = rows.setdefault(f"{p.method} ({p.own_norm})", {"own": _pm(own)})
         row[p.norm] = _pm(plugged)
         row[p.norm + " Δ"] = _pm(np.subtract(plugged, own).tolist(), signed=True)
+    cells = []
     for method, row in rows.items():
-        cells = [method, row["own"]]
+        cells.append([method, row["own"]])
         for norm in norms:
-            cells += [row.get(norm, "-"), row.get(norm + " Δ", "-")]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+            cells[-1] += [row.get(norm, "-"), row.get(norm + " Δ", "-")]
+    return "\n".join(md_table(head, cells))

@@ -216,18 +216,19 @@ def read_npz(path: PathLike, channels: Optional[int] = 3) -> Arrays:
     if not path.is_file():
         raise TTAFileNotFoundError(f"dataset file not found: {path.absolute()}")
     splits = read_npz_splits(path)
-    parts = []
-    for split, keys, other in (
-        (splits.train, splits.train_keys, splits.test),
-        (splits.test, splits.test_keys, splits.train),
-    ):
-        if split is None:
-            images, labels = other  # type: ignore[misc]  # one of the two exists
-            parts.append((images[:0], labels[:0]))
-        else:
-            where = f"{path} ({keys[0]!r})"  # type: ignore[index]
-            parts.append((_standard(split[0], where, channels), split[1]))
-    (train_x, train_y), (test_x, test_y) = parts
+    given = {
+        name: (_standard(split[0], f"{path} ({keys[0]!r})", channels), split[1])
+        for name, split, keys in (
+            ("train", splits.train, splits.train_keys),
+            ("test", splits.test, splits.test_keys),
+        )
+        if split is not None
+    }
+    # The missing split (read_npz_splits refuses a file with neither) is the other one, emptied:
+    # same image layout and channels.
+    some_x, some_y = next(iter(given.values()))
+    train_x, train_y = given.get("train", (some_x[:0], some_y[:0]))
+    test_x, test_y = given.get("test", (some_x[:0], some_y[:0]))
     return train_x, train_y, test_x, test_y
 
 
