@@ -215,17 +215,29 @@ def run_demo(
     ``DEMO_SEEDS``), reported as mean ± std. ``plugin``: the UnMix-TNS paper's plug-in table instead (default methods
     ``PLUGIN_DEMO_METHODS``).
     """
-    if plugin:
-        methods = list(PLUGIN_DEMO_METHODS if methods is None else methods)
-        return _run_plugin_demo(out, epochs, corruptions, num_samples, methods, seeds, force, log)
-    methods = list(DEMO_METHODS if methods is None else methods)
+    default = PLUGIN_DEMO_METHODS if plugin else DEMO_METHODS
+    methods = list(default if methods is None else methods)
     seeds = list(DEMO_SEEDS if seeds is None else seeds)
     checkpoint = source_model(epochs, log)
     results = _evaluate_orders(
         out, checkpoint, corruptions, num_samples, methods, seeds, force, log
     )
+    write = _plugin_summary if plugin else _summary
+    text = write(results, out, num_samples, seeds)
+    write_text(Path(out) / "summary.md", text)
+    if not plugin:
+        for order in ("iid", "dirichlet"):
+            log("\n" + summary_markdown(results[order]))
+    log(text)
+    return results
+
+
+def _summary(
+    results: dict[str, dict[str, Any]], out: str, num_samples: Optional[int], seeds: list[int]
+) -> str:
+    """The demo's summary.md: both orders' error tables and what they show."""
     n = len(seeds)
-    text = (
+    return (
         "# tta demo: MNIST-5k digits, corrupted at severity 5, continual stream\n\n"
         "Source model trained on the clean training digits; "
         f"{num_samples or 1000} of the held-out digits (a subset drawn per seed) are "
@@ -238,11 +250,6 @@ def run_demo(
         f"## What this shows\n\n{verdict(results['iid'], results['dirichlet'])}\n\n"
         f"Details and figures: {out}/iid/ and {out}/dirichlet/ (summary.md, errors.png).\n"
     )
-    write_text(Path(out) / "summary.md", text)
-    for order in ("iid", "dirichlet"):
-        log("\n" + summary_markdown(results[order]))
-    log(text)
-    return results
 
 
 def _evaluate_orders(
@@ -281,31 +288,19 @@ def _evaluate_orders(
     return results
 
 
-def _run_plugin_demo(
-    out: str,
-    epochs: int,
-    corruptions: Optional[list[str]],
-    num_samples: Optional[int],
-    methods: list[Any],
-    seeds: Optional[list[int]],
-    force: bool,
-    log,
-) -> dict[str, dict[str, Any]]:
-    """``tta demo --plugin-table``: each method with its own norm and with UnMix-TNS."""
+def _plugin_summary(
+    results: dict[str, dict[str, Any]], out: str, num_samples: Optional[int], seeds: list[int]
+) -> str:
+    """``tta demo --plugin-table``'s summary.md: each method with its own norm and with UnMix-TNS."""
     from tta.plugin_table import plugin_table
 
-    seeds = list(DEMO_SEEDS if seeds is None else seeds)
-    checkpoint = source_model(epochs, log)
-    results = _evaluate_orders(
-        out, checkpoint, corruptions, num_samples, methods, seeds, force, log
-    )
     sections = []
     for order, title in (("iid", "i.i.d. order"), ("dirichlet", "Dirichlet order (δ = 0.1)")):
         runs = [r["methods"] for r in results[order]["per_seed"]]
         table = plugin_table(runs) or "(no method is listed both with and without a norm)"
         sections.append(f"## {title}\n\n{table}\n")
     n = len(seeds)
-    text = (
+    return (
         "# tta demo: the UnMix-TNS plug-in table on MNIST-5k\n\n"
         "Each method with its own norm layer and with UnMix-TNS put underneath (`norm: "
         "unmix-tns`), on the same continual streams of corrupted digits (severity 5, "
@@ -314,6 +309,3 @@ def _run_plugin_demo(
         + "\n".join(sections)
         + f"\nDetails: {out}/iid/ and {out}/dirichlet/ (summary.md, errors.png).\n"
     )
-    write_text(Path(out) / "summary.md", text)
-    log(text)
-    return results
