@@ -106,3 +106,13 @@ def test_evaluate_takes_a_run_config(tmp_path):
     named = build_config({**cfg, "data": {"severities": [3]}})
     with pytest.raises(tta.TTAError, match=r"data.severities name domains, but domains="):
         tta.evaluate(named, model=Tiny(), domains=domains())
+
+
+def test_summary_of_a_method_without_measured_time(tmp_path):
+    """images_per_second is None when a method's time was 0: the summary shows '-'."""
+    from tta.report import summary_markdown
+
+    cfg = {"output": str(tmp_path / "o"), "methods": ["tbn"], "stream": {"batch_size": 16}}
+    res = tta.evaluate(cfg, model=Tiny(), domains=domains())
+    res["methods"][1].update(seconds=0.0, images_per_second=None)
+    assert "| tbn | - | 0.0 |" in summary_markdown(res)

@@ -54,9 +54,10 @@ def error_table(results: Results) -> str:
 
 def timing_table(results: Results) -> str:
     """Markdown table: each method's throughput and wall time."""
-    rows = [
-        [m.label, f"{m.images_per_second:.0f}", f"{m.seconds:.1f}"] for m in _typed(results).methods
-    ]
+    rows = []
+    for m in _typed(results).methods:
+        ips = m.images_per_second  # None when no time was measured
+        rows.append([m.label, "-" if ips is None else f"{ips:.0f}", f"{m.seconds:.1f}"])
     return "\n".join(md_table(["method", "images/s", "wall time (s)"], rows))
 
 
